@@ -1,0 +1,201 @@
+"""The training loop and what it needs: device, seeds, optimizer, schedule, loss, evaluation.
+
+Read it top to bottom: `fit` runs epochs of `train_epoch`, each an index slice
+of the on-device training tensor per batch. Per-batch losses and correct
+counts stay on the device and are read once per epoch, so there is no host
+sync inside an epoch (unless a terminal progress bar asks for one now and then).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mnistcnn.config import choice
+from mnistcnn.data import Data, Split, batches, prepare
+from mnistcnn.errors import UserError
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY = 25  # batches between progress-bar updates (each update syncs the device)
+
+
+# ----------------------------------------------------------------------------- set-up
+def resolve_device(name: Any) -> torch.device:
+    name = choice(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA GPU is available; "
+                        "use trainer.device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    name, common = cfg.name, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if name == "adam":
+        return torch.optim.Adam(params, betas=tuple(cfg.betas), **common)
+    if name == "adamw":
+        return torch.optim.AdamW(params, betas=tuple(cfg.betas), **common)
+    if name == "sgd":
+        if cfg.nesterov and not cfg.momentum:
+            raise UserError("optim.nesterov=true needs optim.momentum > 0")
+        return torch.optim.SGD(params, momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, alpha=cfg.alpha, momentum=cfg.momentum, **common)
+    if name == "adadelta":
+        return torch.optim.Adadelta(params, rho=cfg.rho, **common)
+    raise ValueError(f"unknown optimizer {name}")
+
+
+def make_scheduler(opt, cfg, epochs: int, steps_per_epoch: int):
+    """(scheduler or None, "epoch" | "batch"): step decays per epoch, the others per batch."""
+    total = epochs * steps_per_epoch
+    if cfg.name == "none":
+        return None, None
+    if cfg.name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma), "epoch"
+    if cfg.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, total, eta_min=cfg.min_lr), "batch"
+    if cfg.name == "onecycle":
+        max_lr = cfg.max_lr or opt.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, total_steps=total,
+                                                   pct_start=cfg.pct_start), "batch"
+    raise ValueError(f"unknown schedule {cfg.name}")
+
+
+def make_loss(cfg, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Models output logits; the loss decides what to do with them."""
+    name, smoothing = choice(cfg.name), cfg.label_smoothing
+    if name == "cross_entropy":
+        return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=smoothing)
+    if name == "nll":
+        # NLL on log-softmax outputs (the classic PyTorch recipe); with smoothing the
+        # smoothed one-hot targets weight the log-probabilities.
+        def nll(logits, y):
+            logp = F.log_softmax(logits, dim=1)
+            if not smoothing:
+                return F.nll_loss(logp, y)
+            return -(_smoothed_one_hot(y, num_classes, smoothing) * logp).sum(1).mean()
+        return nll
+    if name == "mse":
+        # MSE between softmax probabilities and (smoothed) one-hot targets, as Keras does
+        # with a softmax output layer and mean_squared_error.
+        return lambda logits, y: F.mse_loss(F.softmax(logits, dim=1),
+                                            _smoothed_one_hot(y, num_classes, smoothing))
+    raise ValueError(f"unknown loss {name}")
+
+
+def _smoothed_one_hot(y: torch.Tensor, k: int, smoothing: float) -> torch.Tensor:
+    return F.one_hot(y, k).float() * (1 - smoothing) + smoothing / k
+
+
+# ----------------------------------------------------------------------------- loops
+def train_epoch(model: nn.Module, data: Data, opt, loss_fn, sched, sched_unit, cfg,
+                generator: torch.Generator, bar: tqdm | None) -> tuple[float, float]:
+    """One pass over the training split; returns (mean loss, accuracy)."""
+    model.train()
+    train, device = data.train, data.train.images.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for step, idx in enumerate(batches(len(train), cfg.trainer.batch_size, generator, device)):
+        x = prepare(train.images[idx], data.mean, data.std, cfg.data.augment, generator)
+        y = train.labels[idx]
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched_unit == "batch":
+            sched.step()
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(1) == y).sum()
+        if bar is not None:
+            bar.update(1)
+            if step % PROGRESS_EVERY == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+    if sched_unit == "epoch":
+        sched.step()
+    return loss_sum.item() / len(train), correct.item() / len(train)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, split: Split, data: Data, batch_size: int) -> torch.Tensor:
+    """Logits for every image of a split, in order, in eval mode."""
+    model.eval()
+    return torch.cat([model(prepare(split.images[idx], data.mean, data.std))
+                      for idx in batches(len(split), batch_size, None, split.images.device)])
+
+
+def evaluate(model: nn.Module, split: Split, data: Data, loss_fn, batch_size: int
+             ) -> tuple[float, float, torch.Tensor]:
+    """(mean loss, accuracy, logits) on a split."""
+    logits = predict(model, split, data, batch_size)
+    loss = loss_fn(logits, split.labels).item()
+    acc = (logits.argmax(1) == split.labels).float().mean().item()
+    return loss, acc, logits
+
+
+def fit(model: nn.Module, data: Data, cfg, on_epoch: Callable[[dict], None]) -> list[dict]:
+    """Train for cfg.trainer.epochs; call on_epoch with each epoch's record as it ends."""
+    opt = make_optimizer(model.parameters(), cfg.optim)
+    steps = -(-len(data.train) // cfg.trainer.batch_size)
+    sched, sched_unit = make_scheduler(opt, cfg.sched, cfg.trainer.epochs, steps)
+    loss_fn = make_loss(cfg.loss, data.num_classes)
+    # A CPU generator drives shuffling and augmentation, so runs repeat across devices.
+    generator = torch.Generator().manual_seed(cfg.seed)
+    interactive = sys.stderr.isatty()
+    records, previous = [], None
+    epochs = cfg.trainer.epochs
+    for epoch in range(1, epochs + 1):
+        lr = opt.param_groups[0]["lr"]
+        start = time.perf_counter()
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", leave=False,
+                   file=sys.stderr) if interactive else None
+        train_loss, train_acc = train_epoch(model, data, opt, loss_fn, sched, sched_unit, cfg,
+                                            generator, bar)
+        if bar is not None:
+            bar.close()
+        if not np.isfinite(train_loss):
+            raise Diverged(epoch, lr, train_loss)
+        record = {"epoch": epoch, "train/loss": train_loss, "train/acc": train_acc}
+        if data.val is not None:
+            val_loss, val_acc, _ = evaluate(model, data.val, data, loss_fn,
+                                            cfg.trainer.eval_batch_size)
+            record.update({"val/loss": val_loss, "val/acc": val_acc})
+        record["lr"] = lr
+        record["epoch_time_s"] = time.perf_counter() - start
+        # Epoch-to-epoch change of the accuracy people watch: val when there is a val split.
+        key = "val/acc" if data.val is not None else "train/acc"
+        record["acc_change"] = None if previous is None else record[key] - previous
+        previous = record[key]
+        records.append(record)
+        on_epoch(record)
+    return records
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, lr: float, loss: float):
+        super().__init__(f"training diverged in epoch {epoch}: loss {loss} at lr {lr:g}; "
+                         f"lower optim.lr or add a schedule")
+        self.epoch, self.lr, self.loss = epoch, lr, loss
