@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from mnistcnn.cli import COMMANDS
-    from mnistcnn.errors import UserError
+    from mnistcnn.errors import UserError, exit_with
 
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE + "\n\ncommands:")
@@ -57,17 +57,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, args = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)}",
-              file=sys.stderr)
-        sys.exit(2)
+        exit_with(f"unknown command '{command}'; choose one of: {', '.join(COMMANDS)}")
     try:
         COMMANDS[command][0](args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_with(str(e))
     except (HydraException, OmegaConfBaseException) as e:
-        print(f"error: {describe(e)}", file=sys.stderr)
-        sys.exit(2)
+        exit_with(describe(e))
 
 
 if __name__ == "__main__":

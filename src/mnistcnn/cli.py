@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from mnistcnn import models
 from mnistcnn.config import CONF_DIR, register_configs, validate
-from mnistcnn.errors import UserError
+from mnistcnn.errors import UserError, exit_with
 from mnistcnn.run import evaluate_run, train_run
 
 log = logging.getLogger("mnistcnn")
@@ -64,7 +64,8 @@ def train(cfg: DictConfig) -> float | None:
         summary = train_run(cfg, hc.runtime.output_dir)
     except UserError as e:
         if hc.mode != RunMode.MULTIRUN:
-            raise
+            # Exit here: a raised exception would make Hydra print extra lines first.
+            exit_with(str(e))
         log.error("job %s failed: %s", hc.job.num, e)
         return None
     # The sweep objective (e.g. for the Optuna sweeper): validation accuracy, never test.

@@ -253,6 +253,14 @@ class TrainerConfig:
 
 
 @dataclass
+class ReportConfig:
+    enabled: bool = True
+    plots: Optional[List[str]] = None  # null = every plot; else a subset of plot names
+    sample_index: int = 0  # the test image whose feature maps are drawn
+    tsne_samples: int = 2000  # test images in the embedding plot
+
+
+@dataclass
 class Config:
     model: Any = MISSING
     data: DataConfig = MISSING
@@ -260,6 +268,7 @@ class Config:
     sched: Any = MISSING
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     seed: int = 0
 
 
