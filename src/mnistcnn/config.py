@@ -255,7 +255,7 @@ class TrainerConfig:
 @dataclass
 class ReportConfig:
     enabled: bool = True
-    plots: Optional[List[str]] = None  # null = every plot; else a subset of plot names
+    plots: list[str] | None = None  # null = every plot; else a subset of plot names
     sample_index: int = 0  # the test image whose feature maps are drawn
     tsne_samples: int = 2000  # test images in the embedding plot
 

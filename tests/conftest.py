@@ -1,0 +1,63 @@
+"""Shared fixtures: synthetic IDX datasets written to a temp dir, and a CLI runner."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_MNIST = os.environ.get("MNISTCNN_DATA_DIR")
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> None:
+    """Write uint8 data as an IDX file (gzipped when compress)."""
+    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        raw = gzip.compress(raw, compresslevel=1)
+    path.write_bytes(raw)
+
+
+def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Learnable 28x28 digits: class c lights an 8x8 square at its own place, plus noise."""
+    images = rng.integers(0, 60, size=(len(labels), 28, 28), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        r, col = divmod(int(c), 4)
+        images[i, 2 + 8 * r: 10 + 8 * r, 1 + 7 * col: 8 + 7 * col] = 255
+    return images
+
+
+def make_dataset(folder: Path, n_train: int = 2000, n_test: int = 500, seed: int = 0,
+                 compress: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        write_idx(folder / f"{split}-images-idx3-ubyte", synthetic_images(labels, rng), 2051,
+                  compress)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels.astype(np.uint8), 2049, compress)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """2,000 train / 500 test synthetic images in the standard IDX layout (gzipped)."""
+    return make_dataset(tmp_path_factory.mktemp("synthetic"))
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m mnistcnn ARGS` as a user would, capturing its output."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "mnistcnn", *args], cwd=cwd or ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
