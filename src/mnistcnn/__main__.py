@@ -32,10 +32,10 @@ def describe(exc: BaseException) -> str:
         if options:
             line += f"; choose {options.group(1)} from: " + ", ".join(options.group(2).split())
         return line
-    if cause is not exc:
-        first = str(cause).splitlines()[0]
-        key = re.search(r"full_key: (\S+)", str(cause))
-        return f"{text.splitlines()[0]}: {first}" + (f" (key {key.group(1)})" if key else "")
+    merging = re.match(r"Error merging override (\S+)", text)
+    if merging and cause is not exc:
+        return (f"{merging.group(1)}: {str(cause).splitlines()[0]}; fix the value "
+                f"(`python -m mnistcnn train --cfg job` shows every key with its value)")
     return " ".join(text.split())
 
 
