@@ -79,7 +79,7 @@ def fit_synthetic(folder, *overrides):
     data = data_mod.load(cfg.data, "cpu", cfg.seed)
     model = models.build(cfg.model, data.num_classes)
     seen = []
-    records = engine.fit(model, data, cfg, seen.append)
+    records = engine.fit(model, data, cfg, lambda record, _training: seen.append(record))
     return records, seen, model, data
 
 
@@ -105,7 +105,7 @@ def test_fit_learns_and_evaluate_agrees_with_predictions(synthetic_dir):
 
 
 def test_diverging_loss_stops_the_run(synthetic_dir):
-    with pytest.raises(engine.Diverged, match="diverged in epoch 1"):
+    with pytest.raises(engine.Diverged, match="non-finite loss in epoch 1, batch"):
         fit_synthetic(synthetic_dir, "optim=sgd", "optim.lr=1e12", "model.dropout=0")
 
 
@@ -115,3 +115,40 @@ def test_cuda_request_without_gpu_is_a_user_error():
     with pytest.raises(UserError, match="no CUDA GPU"):
         engine.resolve_device("cuda")
     assert engine.resolve_device("auto").type == "cpu"
+
+
+def test_resuming_from_a_saved_state_gives_the_uninterrupted_records(synthetic_dir, tmp_path):
+    overrides = ["data.augment.rotation=10", "sched=cosine", "optim=sgd"]
+    full, *_ = fit_synthetic(synthetic_dir, *overrides)
+    cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=classic",
+                          "trainer.epochs=2", *overrides])
+    engine.seed_everything(cfg.seed)
+    data = data_mod.load(cfg.data, "cpu", cfg.seed)
+    saved = tmp_path / "state.pt"
+
+    def stop_after_first(record, training):
+        torch.save(training.state(), saved)
+        raise engine.Interrupted(record["epoch"], 0)
+
+    with pytest.raises(engine.Interrupted):
+        engine.fit(models.build(cfg.model, 10), data, cfg, stop_after_first)
+    torch.manual_seed(123)  # a fresh process would have other RNG states: the state restores them
+    state = torch.load(saved, weights_only=True)
+    resumed = engine.fit(models.build(cfg.model, 10), data, cfg, lambda r, t: None, resume=state)
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in records]
+    assert strip(resumed) == strip(full)
+
+
+def test_stop_request_raises_after_the_batch_in_flight(synthetic_dir):
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) == 3
+
+    cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny"])
+    data = data_mod.load(cfg.data, "cpu", cfg.seed)
+    with pytest.raises(engine.Interrupted, match="epoch 1 after batch 2"):
+        engine.fit(models.build(cfg.model, 10), data, cfg, lambda r, t: None, stop=stop)

@@ -108,32 +108,98 @@ def _smoothed_one_hot(y: torch.Tensor, k: int, smoothing: float) -> torch.Tensor
     return F.one_hot(y, k).float() * (1 - smoothing) + smoothing / k
 
 
+# ----------------------------------------------------------------------------- state
+def rng_state() -> dict:
+    """Every RNG a run draws from, as tensors and primitives (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Training:
+    """What the loop carries from epoch to epoch, and its checkpointable state."""
+
+    def __init__(self, model: nn.Module, data: Data, cfg):
+        self.model, self.data, self.cfg = model, data, cfg
+        self.opt = make_optimizer(model.parameters(), cfg.optim)
+        self.steps = -(-len(data.train) // cfg.trainer.batch_size)
+        self.sched, self.sched_unit = make_scheduler(self.opt, cfg.sched, cfg.trainer.epochs,
+                                                     self.steps)
+        self.loss_fn = make_loss(cfg.loss, data.num_classes)
+        # A CPU generator drives shuffling and augmentation, so runs repeat across devices.
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.records: list[dict] = []
+
+    def state(self) -> dict:
+        """Everything needed to continue after the last completed epoch."""
+        return {"epoch": len(self.records), "records": list(self.records),
+                "model": {k: v.detach().cpu().clone() for k, v in
+                          self.model.state_dict().items()},
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched else None,
+                "generator": self.generator.get_state(), "rng": rng_state()}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.sched:
+            self.sched.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        self.records = list(state["records"])
+
+
 # ----------------------------------------------------------------------------- loops
-def train_epoch(model: nn.Module, data: Data, opt, loss_fn, sched, sched_unit, cfg,
-                generator: torch.Generator, bar: tqdm | None) -> tuple[float, float]:
+def train_epoch(t: Training, epoch: int, bar: tqdm | None,
+                stop: Callable[[], bool] | None) -> tuple[float, float]:
     """One pass over the training split; returns (mean loss, accuracy)."""
-    model.train()
+    t.model.train()
+    data, cfg = t.data, t.cfg
     train, device = data.train, data.train.images.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for step, idx in enumerate(batches(len(train), cfg.trainer.batch_size, generator, device)):
-        x = prepare(train.images[idx], data.mean, data.std, cfg.data.augment, generator)
+    # Index of the first batch whose loss was not finite (-1: none), kept on the device
+    # and read only every PROGRESS_EVERY batches, so the check costs no sync per batch.
+    bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+    for step, idx in enumerate(batches(len(train), cfg.trainer.batch_size, t.generator, device)):
+        x = prepare(train.images[idx], data.mean, data.std, cfg.data.augment, t.generator)
         y = train.labels[idx]
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        opt.zero_grad(set_to_none=True)
+        logits = t.model(x)
+        loss = t.loss_fn(logits, y)
+        t.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        if sched_unit == "batch":
-            sched.step()
-        loss_sum += loss.detach() * len(idx)
+        t.opt.step()
+        if t.sched_unit == "batch":
+            t.sched.step()
+        loss = loss.detach()
+        loss_sum += loss * len(idx)
         correct += (logits.detach().argmax(1) == y).sum()
+        bad_step = torch.where((bad_step < 0) & ~loss.isfinite(), step, bad_step)
+        last = step == t.steps - 1
+        if step % PROGRESS_EVERY == 0 or last:
+            if bad_step.item() >= 0:
+                raise Diverged(epoch, int(bad_step), t.opt.param_groups[0]["lr"])
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
         if bar is not None:
             bar.update(1)
-            if step % PROGRESS_EVERY == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-    if sched_unit == "epoch":
-        sched.step()
+        if stop is not None and stop():
+            raise Interrupted(epoch, step)
+    if t.sched_unit == "epoch":
+        t.sched.step()
     return loss_sum.item() / len(train), correct.item() / len(train)
 
 
@@ -154,48 +220,55 @@ def evaluate(model: nn.Module, split: Split, data: Data, loss_fn, batch_size: in
     return loss, acc, logits
 
 
-def fit(model: nn.Module, data: Data, cfg, on_epoch: Callable[[dict], None]) -> list[dict]:
-    """Train for cfg.trainer.epochs; call on_epoch with each epoch's record as it ends."""
-    opt = make_optimizer(model.parameters(), cfg.optim)
-    steps = -(-len(data.train) // cfg.trainer.batch_size)
-    sched, sched_unit = make_scheduler(opt, cfg.sched, cfg.trainer.epochs, steps)
-    loss_fn = make_loss(cfg.loss, data.num_classes)
-    # A CPU generator drives shuffling and augmentation, so runs repeat across devices.
-    generator = torch.Generator().manual_seed(cfg.seed)
+def fit(model: nn.Module, data: Data, cfg, on_epoch: Callable[[dict, Training], None],
+        resume: dict | None = None, stop: Callable[[], bool] | None = None) -> list[dict]:
+    """Train for cfg.trainer.epochs (continuing from a `Training.state()` when resuming);
+    call on_epoch(record, training) as each epoch ends. `stop` is polled after every
+    batch: when it returns True the loop raises Interrupted after that batch."""
+    t = Training(model, data, cfg)
+    if resume is not None:
+        t.load_state(resume)
     interactive = sys.stderr.isatty()
-    records, previous = [], None
     epochs = cfg.trainer.epochs
-    for epoch in range(1, epochs + 1):
-        lr = opt.param_groups[0]["lr"]
+    for epoch in range(len(t.records) + 1, epochs + 1):
+        lr = t.opt.param_groups[0]["lr"]
         start = time.perf_counter()
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", leave=False,
+        bar = tqdm(total=t.steps, desc=f"epoch {epoch}/{epochs}", leave=False,
                    file=sys.stderr) if interactive else None
-        train_loss, train_acc = train_epoch(model, data, opt, loss_fn, sched, sched_unit, cfg,
-                                            generator, bar)
-        if bar is not None:
-            bar.close()
-        if not np.isfinite(train_loss):
-            raise Diverged(epoch, lr, train_loss)
+        try:
+            train_loss, train_acc = train_epoch(t, epoch, bar, stop)
+        finally:
+            if bar is not None:
+                bar.close()
         record = {"epoch": epoch, "train/loss": train_loss, "train/acc": train_acc}
         if data.val is not None:
-            val_loss, val_acc, _ = evaluate(model, data.val, data, loss_fn,
+            val_loss, val_acc, _ = evaluate(model, data.val, data, t.loss_fn,
                                             cfg.trainer.eval_batch_size)
             record.update({"val/loss": val_loss, "val/acc": val_acc})
         record["lr"] = lr
         record["epoch_time_s"] = time.perf_counter() - start
         # Epoch-to-epoch change of the accuracy people watch: val when there is a val split.
         key = "val/acc" if data.val is not None else "train/acc"
-        record["acc_change"] = None if previous is None else record[key] - previous
-        previous = record[key]
-        records.append(record)
-        on_epoch(record)
-    return records
+        record["acc_change"] = record[key] - t.records[-1][key] if t.records else None
+        t.records.append(record)
+        on_epoch(record, t)
+    return t.records
 
 
 class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
-    def __init__(self, epoch: int, lr: float, loss: float):
-        super().__init__(f"training diverged in epoch {epoch}: loss {loss} at lr {lr:g}; "
-                         f"lower optim.lr or add a schedule")
-        self.epoch, self.lr, self.loss = epoch, lr, loss
+    def __init__(self, epoch: int, batch: int, lr: float):
+        super().__init__(f"training diverged: non-finite loss in epoch {epoch}, batch {batch} "
+                         f"at lr {lr:g}; lower optim.lr or add a schedule")
+        self.epoch, self.batch, self.lr = epoch, batch, lr
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop was requested (SIGINT/SIGTERM); raised after the batch in flight.
+
+    A KeyboardInterrupt, so that it passes through Hydra and ends a whole sweep."""
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__(f"interrupted in epoch {epoch} after batch {batch}")
+        self.epoch, self.batch = epoch, batch

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mnistcnn import data as data_mod
-from mnistcnn import files, models
+from mnistcnn import files, models, report
 from mnistcnn.config import to_plain, validate
 from mnistcnn.engine import Diverged, evaluate, fit, make_loss, resolve_device, seed_everything
 from mnistcnn.errors import UserError
@@ -56,6 +56,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
                "started": _now(), "torch": torch.__version__, "host": platform.node()}
     try:
         validate(cfg)
+        report.check_settings(report.report_settings(cfg))
         device = resolve_device(cfg.trainer.device)
         summary["device"] = str(device)
         files.write_json(summary_path, summary)
@@ -73,7 +74,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         metrics_path.write_text("")
         epochs = cfg.trainer.epochs
 
-        def on_epoch(record: dict) -> None:
+        def on_epoch(record: dict, _training) -> None:
             files.append_jsonl(metrics_path, record)
             log.info(format_epoch(record, epochs))
 
@@ -91,12 +92,17 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
                         if k in ("train/loss", "train/acc", "val/loss", "val/acc")})
         summary.update({"test/loss": test_loss, "test/acc": test_acc, "epochs": len(records),
                         "status": "completed", "finished": _now()})
+        t0 = time.perf_counter()
+        summary.update(report.write_run_files(run_dir, cfg, model, data, summary))
+        summary["report_time_s"] = round(time.perf_counter() - t0, 3)
         files.write_json(summary_path, summary)
         log.info("test/loss %.4f  test/acc %.2f%%  (%d epochs, %.1fs training)  -> %s",
                  test_loss, 100 * test_acc, len(records), summary["train_time_s"], run_dir)
+        log_class_findings(summary)
         return summary
     except Diverged as e:
-        summary.update({"status": "diverged", "error": str(e), "epoch": e.epoch, "lr": e.lr})
+        summary.update({"status": "diverged", "error": str(e), "epoch": e.epoch,
+                        "batch": e.batch, "lr": e.lr})
         files.write_json(summary_path, summary)
         raise UserError(str(e)) from e
     except BaseException as e:
@@ -153,5 +159,26 @@ def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
     write_predictions(run_dir / "predictions.csv", data.test.labels, logits)
     result = {"test/loss": loss, "test/acc": acc, "test_size": len(data.test),
               "device": str(device), "evaluated": _now()}
+    summary_path = run_dir / "summary.json"
+    summary = files.read_json(summary_path) if summary_path.is_file() else {}
+    # The report shows this evaluation; summary.json keeps its training-time test numbers
+    # and only gains the per-class keys, so runs from before the report have them too.
+    keys = report.write_run_files(run_dir, cfg, model, data, {**summary, **result})
+    result.update(keys)
     files.write_json(run_dir / "evaluation.json", result)
+    if summary:
+        files.write_json(summary_path, {**summary, **keys})
+    log_class_findings(result)
     return result
+
+
+def log_class_findings(summary: dict) -> None:
+    """The per-class lines of the console summary: averages, worst class, never-predicted."""
+    log.info("test/macro_recall %.2f%%  test/macro_f1 %.2f%%  worst class %s (recall %.2f%%)",
+             100 * summary["test/macro_recall"], 100 * summary["test/macro_f1"],
+             summary["test/worst_class"], 100 * summary["test/worst_class_recall"])
+    never = summary["test/never_predicted"]
+    if never:
+        which = f"class {never[0]} is" if len(never) == 1 else f"classes {', '.join(never)} are"
+        log.warning("%s never predicted on the test set: their test images all go to "
+                    "other classes (see confusion.csv, report.html)", which)

@@ -1,0 +1,245 @@
+"""The figures of a run report, one function per figure, drawn on matplotlib's Agg canvas.
+
+Each function takes plain numbers and arrays (never a model or a file) and returns
+a Figure; `to_png` renders it. Figures are built from `Figure` + `FigureCanvasAgg`
+rather than pyplot: no display is needed and no global figure registry grows
+over a sweep. Every figure is WIDTH inches wide (fixed per kind) and as tall as
+its content needs, at DPI dots per inch, with no tight-bbox cropping: a PNG's
+pixel size follows from the figure's `get_size_inches() * DPI`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from mnistcnn.metrics import normalize_rows
+
+DPI = 100
+CURVE_SIZE = (6.4, 4.4)
+CONFUSION_HEIGHT = 6.2
+GALLERY_WIDTH = 12.0
+GALLERY_COLUMNS = 8
+FILTER_WIDTH = 6.4
+FEATURE_WIDTH = 12.0
+FEATURE_COLUMNS = 16
+FEATURE_CHANNELS = 64  # most channels drawn per stage: 4 rows of 16 stay readable
+EMBEDDING_SIZE = (8.0, 6.6)
+TITLE_SIZE = 11
+CHARS_PER_INCH = 13  # of an 11-point title: where a suptitle line is wrapped
+
+
+def to_png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def _figure(width: float, height: float, title: str) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    # Titles carry the run label, which grows with the settings: wrap rather than clip.
+    lines = [textwrap.fill(line, int(width * CHARS_PER_INCH), break_on_hyphens=False)
+             for line in title.splitlines()]
+    fig.suptitle("\n".join(lines), fontsize=TITLE_SIZE)
+    return fig
+
+
+def _title_height(title: str, width: float) -> float:
+    """Inches a wrapped suptitle takes, so content-sized figures leave room for it."""
+    lines = sum(len(textwrap.wrap(line, int(width * CHARS_PER_INCH), break_on_hyphens=False)) or 1
+                for line in title.splitlines())
+    return 0.25 * lines + 0.2
+
+
+# ----------------------------------------------------------------------------- curves
+def curves(records: Sequence[dict], metric: str, test_value: float | None, title: str) -> Figure:
+    """Train and val `metric` ("loss" or "acc") per epoch on one axis; the test value of the
+    final model is a star at the last epoch. Accuracies are drawn in percent."""
+    scale, ylabel = (100, "accuracy (%)") if metric == "acc" else (1, "loss")
+    fig = _figure(*CURVE_SIZE, title)
+    ax = fig.add_subplot()
+    for split, marker in (("train", "o"), ("val", "s")):
+        points = [(r["epoch"], r[f"{split}/{metric}"] * scale) for r in records
+                  if r.get(f"{split}/{metric}") is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=marker, label=split)
+    if test_value is not None and records:
+        value = test_value * scale
+        text = f"{value:.2f}%" if metric == "acc" else f"{value:.4f}"
+        ax.plot(records[-1]["epoch"], value, marker="*", markersize=14, linestyle="none",
+                color="C3", label=f"test (final) {text}")
+    # min_n_ticks=1: a one-epoch run gets the tick "1", not fractions around it.
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if records:  # else one epoch spans 0.95-1.05 and the ticks would be fractions
+        ax.set_xlim(0.5, records[-1]["epoch"] + 0.5)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    has_val = any(r.get(f"val/{metric}") is not None for r in records)
+    ax.legend(title=None if has_val else "no validation split")
+    return fig
+
+
+# ----------------------------------------------------------------------------- confusion
+def confusion(cm: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    """Counts (left) and row-normalised percentages (right): true on rows, predicted on columns."""
+    k = len(class_names)
+    cell = max(0.45, 5.5 / k)
+    side = cell * k + 1.2
+    fig = _figure(2 * side + 0.6, side + 0.4 + _title_height(title, 2 * side), title)
+    left, right = fig.subplots(1, 2)
+    _matrix(left, cm.astype(float), class_names, "{:.0f}", "counts")
+    _matrix(right, 100 * normalize_rows(cm), class_names, "{:.1f}",
+            "% of each true class (row-normalised)")
+    return fig
+
+
+def _matrix(ax, values: np.ndarray, class_names: Sequence[str], fmt: str, label: str) -> None:
+    k = len(class_names)
+    finite = values[np.isfinite(values)]
+    top = finite.max() if finite.size and finite.max() > 0 else 1.0
+    ax.imshow(np.nan_to_num(values), cmap="Blues", vmin=0, vmax=top)
+    size = 9 if k <= 10 else 7
+    for i in range(k):
+        for j in range(k):
+            v = values[i, j]
+            if np.isfinite(v):
+                # Dark cells get white text, light cells black, so every number stays legible.
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=size,
+                        color="white" if v > top / 2 else "black")
+    ticks = range(k)
+    rotate = max(len(n) for n in class_names) > 2
+    ax.set_xticks(ticks, class_names, rotation=45 if rotate else 0, ha="right" if rotate else
+                  "center")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(label, fontsize=10)
+
+
+# ----------------------------------------------------------------------------- galleries
+def gallery(images: np.ndarray, captions: Sequence[str], title: str) -> Figure:
+    """uint8 images [n, H, W] in a grid, each with its caption above it."""
+    cols = GALLERY_COLUMNS
+    rows = math.ceil(len(images) / cols)
+    tile = GALLERY_WIDTH / cols
+    fig = _figure(GALLERY_WIDTH, rows * (tile + 0.1) + _title_height(title, GALLERY_WIDTH),
+                  title)
+    for ax, image, caption in zip(fig.subplots(rows, cols, squeeze=False).flat, images,
+                                  captions, strict=False):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=9)
+    for ax in fig.axes:
+        ax.set_axis_off()
+    return fig
+
+
+def class_gallery(rows: Sequence[tuple[str, np.ndarray]], per_row: int, title: str) -> Figure:
+    """One row per class: its label on the left, up to `per_row` uint8 images [n, H, W]."""
+    height = GALLERY_WIDTH / (per_row + 1.5)
+    fig = _figure(GALLERY_WIDTH, len(rows) * height + _title_height(title, GALLERY_WIDTH),
+                  title)
+    for ax, (label, images) in zip(fig.subplots(len(rows), 1, squeeze=False).flat, rows,
+                                   strict=True):
+        side = images.shape[-1] if len(images) else 28
+        strip = np.full((side, per_row * (side + 2)), np.nan)
+        for i, image in enumerate(images[:per_row]):
+            strip[:, i * (side + 2): i * (side + 2) + side] = image
+        ax.imshow(strip, cmap=_grey(), vmin=0, vmax=255)
+        if not len(images):
+            ax.text(0.02, 0.5, "none", transform=ax.transAxes, va="center", color="0.4")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    return fig
+
+
+# ----------------------------------------------------------------------------- filters and maps
+def mosaic(tiles: np.ndarray, cols: int) -> np.ndarray:
+    """Tiles [n, h, w] on a grid `cols` wide, each scaled to [0, 1] by its own range (a
+    constant tile is 0), separated by NaN gaps that draw as the background."""
+    n, h, w = tiles.shape
+    rows = math.ceil(n / cols)
+    out = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for i, t in enumerate(tiles.astype(float)):
+        span = t.max() - t.min()
+        r, c = divmod(i, cols)
+        out[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = \
+            (t - t.min()) / span if span > 0 else 0.0
+    return out
+
+
+def filters(tiles: np.ndarray, title: str) -> Figure:
+    """Conv weights, one grey-scale tile [kh, kw] per filter, each scaled to its own range."""
+    # About twice as wide as tall: 16 filters make 8 x 2, 32 make 8 x 4, 128 make 16 x 8.
+    rows = max(1, math.floor(math.sqrt(len(tiles) / 2)))
+    cols = math.ceil(len(tiles) / rows)
+    grid = mosaic(tiles, cols)
+    image_height = FILTER_WIDTH * grid.shape[0] / grid.shape[1]
+    fig = _figure(FILTER_WIDTH, image_height + _title_height(title, FILTER_WIDTH) + 0.1, title)
+    ax = fig.add_subplot()
+    ax.imshow(grid, cmap=_grey(), vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    return fig
+
+
+def feature_maps(stages: Sequence[tuple[str, np.ndarray]], title: str) -> Figure:
+    """A row per stage (name, activations [C, H, W]), channels tiled FEATURE_COLUMNS wide,
+    each map scaled to its own range; the first FEATURE_CHANNELS channels at most."""
+    grids, labels = [], []
+    for name, maps in stages:
+        shown = maps[:FEATURE_CHANNELS]
+        grid = mosaic(shown, FEATURE_COLUMNS)
+        # Pad every row to the full width so that a tile keeps its size within a row.
+        h, w = maps.shape[1:]
+        width = FEATURE_COLUMNS * (w + 1) - 1
+        grids.append(np.pad(grid, ((0, 0), (0, width - grid.shape[1])), constant_values=np.nan))
+        shape = "×".join(map(str, maps.shape))
+        more = f", first {len(shown)} of {len(maps)} channels" if len(shown) < len(maps) else ""
+        labels.append(f"{name}  ({shape}{more})")
+    ratios = [g.shape[0] / g.shape[1] for g in grids]
+    label_space = 0.3
+    height = sum(FEATURE_WIDTH * r + label_space for r in ratios)
+    fig = _figure(FEATURE_WIDTH, height + _title_height(title, FEATURE_WIDTH), title)
+    axes = fig.subplots(len(grids), 1, squeeze=False, height_ratios=ratios).flat
+    for ax, grid, label in zip(axes, grids, labels, strict=True):
+        ax.imshow(grid, cmap=_grey(), vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(label, loc="left", fontsize=10)
+        ax.set_axis_off()
+    return fig
+
+
+# ----------------------------------------------------------------------------- embedding
+def embedding(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+              axis_name: str, title: str) -> Figure:
+    """2-D points coloured by class, with a legend of the classes present."""
+    fig = _figure(*EMBEDDING_SIZE, title)
+    ax = fig.add_subplot()
+    colours = colormaps["tab10" if len(class_names) <= 10 else "tab20"]
+    for c, name in enumerate(class_names):
+        mine = labels == c
+        if mine.any():
+            ax.scatter(points[mine, 0], points[mine, 1], s=7, alpha=0.7, color=colours(c),
+                       label=name, linewidths=0)
+    ax.set_xlabel(f"{axis_name} 1")
+    ax.set_ylabel(f"{axis_name} 2")
+    ax.legend(title="class", loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=2.5,
+              frameon=False)
+    ax.grid(alpha=0.2)
+    return fig
+
+
+def _grey():
+    """Grey-scale with the NaN gaps between tiles drawn white."""
+    return colormaps["gray"].with_extremes(bad="white")
