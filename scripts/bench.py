@@ -42,11 +42,12 @@ def common_setup(args):
     return torch, device
 
 
-def build_model(name: str, torch_device):
-    from mnistcnn import models
+def build_model(name: str, torch_device, place=False):
+    from mnistcnn import engine, models
     from mnistcnn.cli import compose_config
 
-    return models.build(compose_config([f"model={name}"]).model, 10).to(torch_device)
+    model = models.build(compose_config([f"model={name}"]).model, 10)
+    return engine.place_model(model, torch_device) if place else model.to(torch_device)
 
 
 def textbook(args) -> dict:
@@ -105,7 +106,7 @@ def mnistcnn_path(args) -> dict:
     cfg = compose_config(overrides)
     engine.seed_everything(cfg.seed)
     data = data_mod.load(cfg.data, device, cfg.seed)
-    model = build_model(args.model, device)
+    model = build_model(args.model, device, place=True)
     sync(torch, device)
     start = time.perf_counter()
     engine.fit(model, data, cfg, lambda record, training: None)

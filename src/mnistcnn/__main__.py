@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 
 USAGE = "usage: python -m mnistcnn COMMAND [overrides]   (python -m mnistcnn --help)"
@@ -64,6 +65,12 @@ def main(argv: list[str] | None = None) -> None:
         exit_with(str(e))
     except (HydraException, OmegaConfBaseException) as e:
         exit_with(describe(e))
+    except OSError as e:  # e.g. Hydra cannot make the run folder
+        exit_with(f"{e.filename or ''}: {e.strerror or e}; choose a folder you can write "
+                  f"(hydra.run.dir=PATH or hydra.sweep.dir=PATH)")
+    except KeyboardInterrupt as e:
+        # 130 for SIGINT, 143 for SIGTERM: the shell convention 128 + signal number.
+        sys.exit(128 + int(getattr(e, "signum", signal.SIGINT)))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -14,18 +16,21 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mnistcnn import models
+from mnistcnn.compare import build as build_comparison
+from mnistcnn.compare import console_text, default_out_dir, load_runs
+from mnistcnn.compare import write as write_comparison
 from mnistcnn.config import CONF_DIR, register_configs, validate
 from mnistcnn.errors import UserError, exit_with
-from mnistcnn.run import evaluate_run, train_run
+from mnistcnn.run import evaluate_run, resume_run, train_run
 
 log = logging.getLogger("mnistcnn")
 register_configs()
 MAX_PRECHECKED_JOBS = 64  # sweeps larger than this are checked job by job as they start
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=overrides, return_hydra_config=with_hydra)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -39,7 +44,12 @@ def precheck(overrides: list[str], multirun: bool) -> None:
     nothing: no folder, no training. A sweep is checked job by job when it is small."""
     jobs = [overrides]
     if multirun:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        sweeper = sweeper_config(overrides)
+        check_objective(sweeper)
+        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+        parsed = OverridesParser.create().parse_overrides(params + overrides)
+        # One override per key, the command line's where both set it (as Hydra's sweeper).
+        parsed = list({o.get_key_element(): o for o in parsed}.values())
         choices = []
         for o in parsed:
             if not o.is_sweep_override():
@@ -49,11 +59,31 @@ def precheck(overrides: list[str], multirun: bool) -> None:
                 values = list(o.sweep_string_iterator())
             except Exception:  # glob/interval sweeps: left to each job
                 return
+            # A seed never makes a config invalid: checking one keeps seed sweeps cheap.
+            values = values[:1] if o.get_key_element() == "seed" else values
             choices.append([f"{o.get_key_element()}={v}" for v in values])
         jobs = [list(j) for j in itertools.islice(itertools.product(*choices),
                                                   MAX_PRECHECKED_JOBS)]
     for job in jobs:
         check_config(compose_config(job))
+
+
+def sweeper_config(overrides: list[str]) -> DictConfig:
+    """hydra.sweeper, whose params hold a preset's sweep; composed without the command
+    line's sweeps (a config cannot compose with a sweep)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    return compose_config(fixed, with_hydra=True).hydra.sweeper
+
+
+def check_objective(sweeper: DictConfig) -> None:
+    """`train` returns validation accuracy; Optuna's default direction would minimise it."""
+    direction = sweeper.get("direction")
+    name = getattr(direction, "name", direction)
+    if direction is not None and name != "maximize":
+        raise UserError(f"hydra.sweeper.direction={name} does not maximise validation "
+                        f"accuracy, the one objective `train` returns; add "
+                        f"hydra.sweeper.direction=maximize")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -67,6 +97,13 @@ def train(cfg: DictConfig) -> float | None:
             # Exit here: a raised exception would make Hydra print extra lines first.
             exit_with(str(e))
         log.error("job %s failed: %s", hc.job.num, e)
+        return None
+    except Exception:
+        if hc.mode != RunMode.MULTIRUN:
+            raise
+        # A bug in one job must not cost the others: its traceback goes to this job's log,
+        # its summary.json says failed, and the sweep exits non-zero once all jobs ran.
+        log.exception("job %s failed", hc.job.num)
         return None
     # The sweep objective (e.g. for the Optuna sweeper): validation accuracy, never test.
     return summary.get("final/val/acc")
@@ -91,10 +128,46 @@ def evaluate(args: list[str]) -> None:
     if unknown or "run" not in opts:
         raise UserError("usage: python -m mnistcnn evaluate run=PATH [device=auto|cpu|cuda]"
                         + (f" (unexpected: {' '.join(unknown)})" if unknown else ""))
+    console_logging()
     result = evaluate_run(opts["run"], opts.get("device", "auto"))
     print(f"test/loss {result['test/loss']:.4f}  test/acc {100 * result['test/acc']:.2f}%  "
           f"({result['test_size']} images, {result['device']}) -> "
           f"{opts['run']}/evaluation.json, predictions.csv")
+
+
+def compare(args: list[str]) -> None:
+    """compare PATH [PATH ...] [--out DIR]"""
+    parser = argparse.ArgumentParser(
+        prog="python -m mnistcnn compare",
+        description="Compare finished runs: one row per configuration, seeds pooled.")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
+    parser.add_argument("--out", help="folder for the comparison files (default: the sweep "
+                        "folder when PATH is one sweep, else outputs/comparisons/TIME)")
+    opts = parser.parse_args(args)
+    comparison = build_comparison(load_runs(opts.paths))
+    written = write_comparison(comparison, opts.out or default_out_dir(opts.paths))
+    print(console_text(comparison))
+    print(f"-> {written[0]} ({', '.join(p.name for p in written[1:])})")
+
+
+def single_run_resume(overrides: list[str]) -> str | None:
+    """The folder of `train resume=PATH` (a run continues with its own saved config)."""
+    values = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if not values or values[0].lower() in ("true", "false"):
+        return None
+    others = [o for o in overrides if not o.startswith("resume=")]
+    if others:
+        raise UserError(f"resume=PATH continues a run with its own config; drop "
+                        f"{' '.join(others)} (or start a new run without resume)")
+    return values[0]
+
+
+def console_logging(log_file: Path | None = None) -> None:
+    """Log lines as Hydra's job logging prints them, for commands that run without Hydra."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if log_file is not None and log_file.parent.is_dir():
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=handlers, force=True)
 
 
 def run_train(args: list[str]) -> None:
@@ -103,6 +176,11 @@ def run_train(args: list[str]) -> None:
     parsed = get_args_parser().parse_args(args)
     informational = parsed.help or parsed.hydra_help or parsed.cfg or parsed.info \
         or parsed.shell_completion
+    resume_dir = single_run_resume(parsed.overrides) if not parsed.multirun else None
+    if resume_dir is not None and not informational:
+        console_logging(Path(resume_dir) / "train.log")
+        resume_run(resume_dir)
+        return
     if not informational:
         precheck(parsed.overrides, parsed.multirun)
     sys.argv = [sys.argv[0], *args]
@@ -113,4 +191,5 @@ COMMANDS = {
     "train": (run_train, "train one run (or a sweep with -m); Hydra overrides follow"),
     "summary": (summary, "print the model's layer table and parameter counts; no training"),
     "evaluate": (evaluate, "re-evaluate a finished run: evaluate run=PATH"),
+    "compare": (compare, "compare run or sweep folders: compare PATH [PATH ...] [--out DIR]"),
 }

@@ -270,6 +270,9 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     seed: int = 0
+    # In a sweep (`train -m ... resume=true hydra.sweep.dir=OLD`): skip jobs that completed,
+    # continue interrupted ones from their last.pt. A single run resumes with resume=PATH.
+    resume: bool = False
 
 
 def register_configs() -> None:

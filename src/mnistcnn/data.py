@@ -109,10 +109,15 @@ def _download(name: str, searched: list[Path]) -> Path:
     import torchvision.datasets as tvd
 
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name]
+    made = [p for p in (Path("data"), Path("data") / SOURCES[name]["torchvision"],
+                        Path("data") / SOURCES[name]["torchvision"] / "raw") if not p.exists()]
     try:
         cls(root="data", train=True, download=True)
         cls(root="data", train=False, download=True)
     except Exception as e:  # any network or mirror failure means: tell where to put the files
+        for folder in reversed(made):  # leave no empty folders behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         looked = ", ".join(str(p) for p in searched)
         raise UserError(f"{name} files not found (looked in {looked}) and the download failed "
                         f"({type(e).__name__}); put {', '.join(FILES.values())} (.gz or not) in "
@@ -225,11 +230,12 @@ def load(data_cfg: Any, device: torch.device | str = "cpu", seed: int = 0) -> Da
 # ----------------------------------------------------------------------------- batches
 def prepare(images: torch.Tensor, mean: float, std: float, aug: Any = None,
             generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 [B,1,H,W] -> float in [0,1] -> augmented (training only) -> standardised."""
+    """uint8 [B,1,H,W] -> float in [0,1] -> augmented (training only) -> standardised,
+    in channels_last layout like the models (see engine.place_model)."""
     x = images.float().mul_(1 / 255)
     if aug is not None and augments(aug):
         x = augment(x, aug, generator)
-    return x.sub_(mean).div_(std)
+    return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +39,12 @@ def resolve_device(name: Any) -> torch.device:
         raise UserError("trainer.device=cuda but no CUDA GPU is available; "
                         "use trainer.device=cpu or auto")
     return torch.device(name)
+
+
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move to the device in channels_last layout: oneDNN's convolutions on the CPU run
+    35-65% faster on these small nets in that layout (measured: scripts/bench.py)."""
+    return model.to(device=device, memory_format=torch.channels_last)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -267,8 +274,10 @@ class Diverged(Exception):
 class Interrupted(KeyboardInterrupt):
     """A stop was requested (SIGINT/SIGTERM); raised after the batch in flight.
 
-    A KeyboardInterrupt, so that it passes through Hydra and ends a whole sweep."""
+    A KeyboardInterrupt, so that it passes through Hydra and ends a whole sweep;
+    `signum` gives the exit code (128 + signal number)."""
 
-    def __init__(self, epoch: int, batch: int):
-        super().__init__(f"interrupted in epoch {epoch} after batch {batch}")
-        self.epoch, self.batch = epoch, batch
+    def __init__(self, epoch: int, batch: int, signum: int = signal.SIGINT):
+        where = f"in epoch {epoch} after batch {batch}" if epoch else "at once"
+        super().__init__(f"interrupted {where}")
+        self.epoch, self.batch, self.signum = epoch, batch, signum

@@ -14,6 +14,8 @@ from typing import IO, Any
 
 import torch
 
+from mnistcnn.errors import UserError
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     path = Path(path)
@@ -26,9 +28,17 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from e
         raise
+
+
+def write_error(path: Path, e: OSError) -> UserError:
+    """A failed write (disk full, read-only folder) is the user's to fix, not a bug."""
+    return UserError(f"cannot write {path}: {e.strerror or e}; free disk space or write "
+                     f"somewhere else (e.g. hydra.run.dir=PATH); earlier files are intact")
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -49,10 +59,13 @@ def read_json(path: str | Path) -> Any:
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one record and fsync: metrics.jsonl grows line by line as epochs end."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise write_error(Path(path), e) from e
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -7,8 +7,11 @@ so `evaluate` can rebuild the evaluation files later from model.pt alone.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import platform
+import signal
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +22,16 @@ from omegaconf import DictConfig, OmegaConf
 from mnistcnn import data as data_mod
 from mnistcnn import files, models, report
 from mnistcnn.config import to_plain, validate
-from mnistcnn.engine import Diverged, evaluate, fit, make_loss, resolve_device, seed_everything
+from mnistcnn.engine import (
+    Diverged,
+    Interrupted,
+    evaluate,
+    fit,
+    make_loss,
+    place_model,
+    resolve_device,
+    seed_everything,
+)
 from mnistcnn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -47,11 +59,50 @@ def write_predictions(path: Path, labels: torch.Tensor, logits: torch.Tensor) ->
     files.write_text(path, "\n".join(lines) + "\n")
 
 
+class StopOnSignal:
+    """SIGINT/SIGTERM ask the loop to stop after the batch in flight; a second signal
+    stops at once (every file is written atomically, so nothing already written is
+    damaged). Handlers can only be set in the main thread; elsewhere this does nothing."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def handle(self, signum: int, _frame) -> None:
+        if self.signum is not None:
+            raise Interrupted(0, -1, signum)
+        self.signum = signum
+        log.warning("%s: stopping after this batch (again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
 def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train as configured, writing metrics.jsonl, summary.json, predictions.csv and model.pt
-    into run_dir. Returns the summary; its `status` says how the run ended."""
+    """Train as configured, writing metrics.jsonl, last.pt (every epoch), summary.json,
+    predictions.csv, model.pt and the report into run_dir. Returns the summary; its
+    `status` says how the run ended. With cfg.resume, a completed run is returned as it
+    is and an interrupted one continues from its last.pt."""
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
+    last_path = run_dir / "last.pt"
+    if cfg.get("resume") and summary_path.is_file():
+        previous = files.read_json(summary_path)
+        if previous.get("status") == "completed":
+            log.info("%s already completed (test/acc %.2f%%); skipped", run_dir,
+                     100 * previous["test/acc"])
+            return previous
     summary = {"status": "running", "model": cfg.model.name, "seed": cfg.seed,
                "started": _now(), "torch": torch.__version__, "host": platform.node()}
     try:
@@ -64,22 +115,34 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         t0 = time.perf_counter()
         data = data_mod.load(cfg.data, device, cfg.seed)
         summary["data_load_s"] = round(time.perf_counter() - t0, 3)
-        model = models.build(cfg.model, data.num_classes).to(device)
+        model = place_model(models.build(cfg.model, data.num_classes), device)
         summary["params"] = models.param_counts(model)
         log.info("%s: %s parameters, %d train / %d val / %d test images on %s", cfg.model.name,
                  f"{summary['params']['total']:,}", len(data.train),
                  len(data.val) if data.val is not None else 0, len(data.test), device)
 
+        state = load_training_state(last_path) if cfg.get("resume") else None
         metrics_path = run_dir / "metrics.jsonl"
-        metrics_path.write_text("")
+        # metrics.jsonl restarts from what last.pt knows: an epoch appended after the
+        # last checkpoint is trained again, so the file matches an uninterrupted run.
+        files.write_text(metrics_path, "".join(json.dumps(r) + "\n"
+                                               for r in (state or {}).get("records", [])))
+        if state:
+            log.info("resuming %s after epoch %d", run_dir, state["epoch"])
         epochs = cfg.trainer.epochs
 
-        def on_epoch(record: dict, _training) -> None:
+        def on_epoch(record: dict, training) -> None:
             files.append_jsonl(metrics_path, record)
+            files.save_torch(last_path, {**training.state(), **run_identity(cfg, data)})
             log.info(format_epoch(record, epochs))
 
         t0 = time.perf_counter()
-        records = fit(model, data, cfg, on_epoch)
+        with StopOnSignal() as stop:
+            try:
+                records = fit(model, data, cfg, on_epoch, resume=state, stop=stop)
+            except Interrupted as e:
+                e.signum = stop.signum or e.signum
+                raise
         summary["train_time_s"] = round(time.perf_counter() - t0, 3)
 
         test_loss, test_acc, logits = evaluate(model, data.test, data,
@@ -96,33 +159,80 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         summary.update(report.write_run_files(run_dir, cfg, model, data, summary))
         summary["report_time_s"] = round(time.perf_counter() - t0, 3)
         files.write_json(summary_path, summary)
+        # model.pt holds the final weights; the resume state is no longer needed.
+        last_path.unlink(missing_ok=True)
         log.info("test/loss %.4f  test/acc %.2f%%  (%d epochs, %.1fs training)  -> %s",
                  test_loss, 100 * test_acc, len(records), summary["train_time_s"], run_dir)
         log_class_findings(summary)
         return summary
     except Diverged as e:
-        summary.update({"status": "diverged", "error": str(e), "epoch": e.epoch,
-                        "batch": e.batch, "lr": e.lr})
-        files.write_json(summary_path, summary)
+        end_summary(summary_path, summary, status="diverged", error=str(e), epoch=e.epoch,
+                    batch=e.batch, lr=e.lr)
         raise UserError(str(e)) from e
+    except Interrupted as e:
+        end_summary(summary_path, summary, status="interrupted", error=str(e),
+                    epoch=e.epoch, batch=e.batch, resume=f"python -m mnistcnn train "
+                    f"resume={run_dir}")
+        log.warning("interrupted; continue with: python -m mnistcnn train resume=%s", run_dir)
+        raise
     except BaseException as e:
-        summary.update({"status": "failed", "error": str(e) or type(e).__name__,
-                        "finished": _now()})
-        files.write_json(summary_path, summary)
+        end_summary(summary_path, summary, status="failed", error=str(e) or type(e).__name__)
         raise
 
 
+def resume_run(run_dir: str | Path) -> dict:
+    """`train resume=PATH`: continue a run in its own folder with its saved config."""
+    run_dir = Path(run_dir)
+    state_path, config_path = run_dir / "last.pt", run_dir / ".hydra" / "config.yaml"
+    if state_path.is_file():
+        cfg = OmegaConf.create(safe_load(state_path, "an mnistcnn resume checkpoint")["config"])
+    elif config_path.is_file():  # stopped before its first epoch ended: start it again
+        cfg = OmegaConf.load(config_path)
+    else:
+        raise UserError(f"{run_dir} is not a run folder (no last.pt or .hydra/config.yaml); "
+                        f"pass resume=PATH of a folder written by `train`")
+    cfg.resume = True
+    return train_run(cfg, run_dir)
+
+
+def end_summary(path: Path, summary: dict, **fields) -> None:
+    """Record how a run ended; when even that write fails, the error in flight matters more."""
+    summary.update(fields, finished=_now())
+    try:
+        files.write_json(path, summary)
+    except (OSError, UserError):
+        log.error("could not write %s", path)
+
+
 # ----------------------------------------------------------------------------- checkpoints
+def run_identity(cfg: DictConfig, data: data_mod.Data) -> dict:
+    """What a checkpoint needs besides weights to be used alone: config and normalisation."""
+    return {"config": to_plain(cfg), "class_names": data.class_names,
+            "mean": data.mean, "std": data.std}
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, cfg: DictConfig,
                     data: data_mod.Data) -> None:
     """Plain dict of tensors and primitives: loadable with torch.load(weights_only=True)."""
-    files.save_torch(path, {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": to_plain(cfg),
-        "class_names": data.class_names,
-        "mean": data.mean,
-        "std": data.std,
-    })
+    files.save_torch(path, {"model": {k: v.detach().cpu() for k, v in
+                                      model.state_dict().items()},
+                            **run_identity(cfg, data)})
+
+
+def safe_load(path: Path, what: str) -> dict:
+    """torch.load with weights_only=True: a pickle that would run code is refused unrun."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} cannot be loaded safely ({type(e).__name__}); it is damaged "
+                        f"or not {what}") from e
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= ckpt.keys():
+        raise UserError(f"{path} is not {what}")
+    return ckpt
+
+
+def load_training_state(path: Path) -> dict | None:
+    return safe_load(path, "an mnistcnn resume checkpoint") if path.is_file() else None
 
 
 def load_checkpoint(run_dir: Path) -> dict:
@@ -130,14 +240,7 @@ def load_checkpoint(run_dir: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{run_dir} is not a finished run (no model.pt); "
                         f"pass run=PATH of a folder written by `train`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # an untrusted pickle or a damaged file: never run its code
-        raise UserError(f"{path} cannot be loaded safely ({type(e).__name__}); "
-                        f"it is damaged or not an mnistcnn checkpoint") from e
-    if not isinstance(ckpt, dict) or not {"model", "config"} <= ckpt.keys():
-        raise UserError(f"{path} is not an mnistcnn checkpoint; pass a run folder from `train`")
-    return ckpt
+    return safe_load(path, "an mnistcnn checkpoint; pass a run folder written by `train`")
 
 
 def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
@@ -148,7 +251,7 @@ def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
     device = resolve_device(device_name)
     data = data_mod.load(cfg.data, device, cfg.seed)
     data = dataclasses.replace(data, mean=ckpt["mean"], std=ckpt["std"])
-    model = models.build(cfg.model, len(ckpt["class_names"])).to(device)
+    model = place_model(models.build(cfg.model, len(ckpt["class_names"])), device)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

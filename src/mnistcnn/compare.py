@@ -1,0 +1,564 @@
+"""Comparison of runs: run folders -> comparison tables (md/csv/html) and figures.
+
+This is the sweep-level counterpart of report.py. It lives in its own module
+because report.py is the report of one run; a comparison reads many finished
+run folders and nothing else, so it can be rebuilt at any time (`compare`) and
+is written by the multirun callback in sweep.py.
+
+Rows are configurations, not runs: runs whose resolved configs differ only in
+`seed` are pooled, and each number is shown as mean ± sample standard deviation
+over those runs, so a reader sees the seed-to-seed spread beside every gap.
+The columns are the config keys that differ between the runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from omegaconf import OmegaConf
+
+from mnistcnn import files
+from mnistcnn.errors import UserError
+
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+# Where the data lives, where it runs, how a run is reported or resumed: two runs that
+# differ only in these ran the same experiment, so they pool into one row.
+NOT_SETTINGS = ("data.dir", "trainer.device", "trainer.eval_batch_size", "report.", "resume")
+ABSENT = "—"  # a key a run's config does not have, or a metric a run did not record
+# The summary numbers of the main table: (summary.json key, header, how to show it).
+TABLE_METRICS = [
+    ("final/train/acc", "train acc (%)", "acc"),
+    ("final/val/acc", "val acc (%)", "acc"),
+    ("test/acc", "test acc (%)", "acc"),
+    ("test/loss", "test loss", "loss"),
+    ("test/macro_recall", "macro recall (%)", "acc"),
+    ("train_time_s", "train time (s)", "time"),
+]
+EPOCH_METRICS = [("train/acc", "train acc (%)", "acc"), ("train/loss", "train loss", "loss"),
+                 ("val/acc", "val acc (%)", "acc"), ("val/loss", "val loss", "loss")]
+OUTPUT_FILES = ["comparison.md", "comparison.csv", "comparison.html", "curves_loss.png",
+                "curves_acc.png", "test_acc.png"]
+DPI = 100
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass
+class Run:
+    path: Path
+    config: dict  # flattened resolved config: {"model.batchnorm": True, ...}
+    summary: dict
+    metrics: list[dict]
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "unknown")
+
+    @property
+    def seed(self):
+        return self.config.get("seed")
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run folders (those with .hydra/config.yaml) at or below each path, in job order."""
+    found = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UserError(f"{path} does not exist; pass run or sweep folders written by "
+                            f"`train` (outputs/runs/..., outputs/sweeps/...)")
+        runs = [path] if (path / CONFIG_FILE).is_file() else sorted(
+            (c.parent.parent for c in path.rglob("config.yaml")
+             if c.parent.name == ".hydra" and c.parent.parent != path), key=_job_order)
+        if not runs:
+            raise UserError(f"{path} holds no run folders (folders with {CONFIG_FILE}); "
+                            f"pass run or sweep folders written by `train`")
+        found += [r for r in runs if r not in found]
+    return found
+
+
+def _job_order(path: Path) -> tuple:
+    """Hydra names job folders NUM_overrides: sort 2_ before 10_."""
+    m = re.match(r"(\d+)_", path.name)
+    return (str(path.parent), int(m.group(1)) if m else -1, path.name)
+
+
+def load_run(path: Path) -> Run:
+    config = OmegaConf.to_container(OmegaConf.load(path / CONFIG_FILE), resolve=True)
+    summary_path, metrics_path = path / "summary.json", path / "metrics.jsonl"
+    summary = files.read_json(summary_path) if summary_path.is_file() else {
+        "status": "missing",
+        "error": "no summary.json: the job was killed or never reached training"}
+    metrics = files.read_jsonl(metrics_path) if metrics_path.is_file() else []
+    return Run(path, flatten(config), summary, metrics)
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    return [load_run(p) for p in find_runs(paths)]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> {"a.b.c": leaf}. Dicts keyed by non-strings (data.classes) are
+    leaves: their keys are data, not config keys."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def show_value(value) -> str:
+    """A config value as one would write it in an override: true, null, [32,16], {0:[0,6]}."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(show_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{show_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- columns
+def differing_keys(configs: Sequence[dict]) -> list[str]:
+    """Keys whose value is not the same in every config, in config order, leaving out the
+    seed (what a row pools over) and the keys that do not change what is trained."""
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    return [k for k in keys if k != "seed" and not k.startswith(NOT_SETTINGS)
+            and len({show_value(c[k]) if k in c else ABSENT for c in configs}) > 1]
+
+
+def split_implied(configs: Sequence[dict], keys: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(columns, implied): a key of a config group (model.hidden) whose value follows from
+    the group's choice (model.name) is implied, not a column: a model sweep shows one
+    `model.name` column, not every knob in which two model families differ."""
+    columns, implied = [], []
+    for key in keys:
+        group, _, leaf = key.rpartition(".")
+        choice = f"{group}.name"
+        if group and leaf != "name" and choice in keys and _follows(configs, key, choice):
+            implied.append(key)
+        else:
+            columns.append(key)
+    return columns, implied
+
+
+def _follows(configs: Sequence[dict], key: str, choice: str) -> bool:
+    seen = {}
+    for c in configs:
+        value = show_value(c[key]) if key in c else ABSENT
+        if seen.setdefault(show_value(c.get(choice)), value) != value:
+            return False
+    return True
+
+
+def short_names(columns: Sequence[str]) -> dict[str, str]:
+    """Legend names: the last part of each key (`model.name` -> `model`), the full key
+    where two columns would share a name."""
+    def short(key: str) -> str:
+        parts = key.split(".")
+        return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
+
+    names = [short(k) for k in columns]
+    return {k: n if names.count(n) == 1 else k for k, n in zip(columns, names, strict=True)}
+
+
+# ----------------------------------------------------------------------------- rows
+@dataclass
+class Stat:
+    mean: float
+    std: float | None  # None for a single run: there is no spread to show
+    n: int
+    values: list[float] = field(default_factory=list)
+
+
+def mean_std(values: Sequence[float]) -> Stat | None:
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(statistics.fmean(values), std, len(values), list(values))
+
+
+@dataclass
+class Row:
+    values: dict[str, str]  # column key -> the shown config value
+    label: str
+    runs: list[Run]
+
+    @property
+    def completed(self) -> bool:
+        return all(r.status == "completed" for r in self.runs)
+
+    @property
+    def status(self) -> str:
+        return "completed" if self.completed else self.runs[0].status
+
+    def stat(self, key: str) -> Stat | None:
+        return mean_std([r.summary[key] for r in self.runs if r.summary.get(key) is not None])
+
+    def constant(self, get) -> str:
+        """A value that should be equal across seeds (params, epochs); all of them if not."""
+        values = list(dict.fromkeys(str(v) for v in map(get, self.runs) if v is not None))
+        return "/".join(values) if values else ABSENT
+
+    def curve(self, metric: str) -> list[tuple[int, Stat]]:
+        """Per epoch, the metric's mean and spread over this row's runs."""
+        by_epoch: dict[int, list[float]] = {}
+        for run in self.runs:
+            for record in run.metrics:
+                if record.get(metric) is not None:
+                    by_epoch.setdefault(record["epoch"], []).append(record[metric])
+        return [(epoch, mean_std(v)) for epoch, v in sorted(by_epoch.items())]
+
+
+def make_rows(runs: Sequence[Run], columns: Sequence[str]) -> list[Row]:
+    """Completed runs pooled by configuration; every other run is a row of its own, so a
+    failure is never averaged away."""
+    names = short_names(columns)
+    rows: dict[tuple, Row] = {}
+    for run in runs:
+        values = {k: show_value(run.config[k]) if k in run.config else ABSENT for k in columns}
+        key = tuple(values.values()) if run.status == "completed" else (id(run),)
+        label = ", ".join(f"{names[k]}={v}" for k, v in values.items()) or "all runs"
+        rows.setdefault(key, Row(values, label, [])).runs.append(run)
+    return sort_rows(list(rows.values()))
+
+
+def sort_rows(rows: Sequence[Row]) -> list[Row]:
+    """Best mean test accuracy first; rows without one (failures) last, in job order."""
+    def key(row: Row):
+        stat = row.stat("test/acc") if row.completed else None
+        return (stat is None, -stat.mean if stat else 0)
+
+    return sorted(rows, key=key)
+
+
+# ----------------------------------------------------------------------------- notes
+def gap_note(rows: Sequence[Row]) -> str | None:
+    """Whether the best configuration's lead over the runner-up exceeds their seed spread
+    (the mean ± std intervals of the two overlap when it does not)."""
+    ranked = [(r, r.stat("test/acc")) for r in rows if r.completed and r.stat("test/acc")]
+    if len(ranked) < 2:
+        return None
+    (best, a), (second, b) = ranked[:2]
+    gap = 100 * (a.mean - b.mean)
+    if a.std is None or b.std is None:
+        return (f"The best ({best.label}) leads the runner-up ({second.label}) by {gap:.2f} "
+                f"points of test accuracy, but single runs show no seed spread: repeat the "
+                f"sweep with seed=0,1,2 before drawing a conclusion.")
+    spread = f"± {100 * a.std:.2f} and ± {100 * b.std:.2f}"
+    if gap < 100 * (a.std + b.std):
+        return (f"The gap between the best ({best.label}) and the runner-up ({second.label}), "
+                f"{gap:.2f} points of test accuracy, is smaller than their seed spread "
+                f"({spread}): the ranking may change with other seeds.")
+    return (f"The best ({best.label}) leads the runner-up ({second.label}) by {gap:.2f} points "
+            f"of test accuracy, more than their seed spread ({spread}).")
+
+
+def notes(rows: Sequence[Row], implied: Sequence[str]) -> list[str]:
+    found = [gap_note(rows)]
+    if implied:
+        found.append("Also differing, as the group choice implies: "
+                     + ", ".join(f"`{k}`" for k in implied) + ".")
+    failed = [r for r in rows if not r.completed]
+    if failed:
+        found.append(f"{len(failed)} run(s) did not complete; they are the rows with a status "
+                     f"and an error.")
+    return [n for n in found if n]
+
+
+# ----------------------------------------------------------------------------- comparison
+@dataclass
+class Comparison:
+    runs: list[Run]
+    columns: list[str]
+    implied: list[str]
+    rows: list[Row]
+    notes: list[str]
+
+    @property
+    def failed(self) -> list[Run]:
+        return [r for r in self.runs if r.status != "completed"]
+
+
+def build(runs: Sequence[Run]) -> Comparison:
+    configs = [r.config for r in runs]
+    columns, implied = split_implied(configs, differing_keys(configs))
+    rows = make_rows(runs, columns)
+    return Comparison(list(runs), columns, implied, rows, notes(rows, implied))
+
+
+def fmt(stat: Stat | None, kind: str) -> str:
+    """Numbers for people: accuracies in percent with two decimals, then ± std over seeds."""
+    if stat is None:
+        return ABSENT
+    scale, digits = {"acc": (100, 2), "loss": (1, 4), "time": (1, 1)}[kind]
+    text = f"{scale * stat.mean:.{digits}f}"
+    return text if stat.std is None else f"{text} ± {scale * stat.std:.{digits}f}"
+
+
+def _params(run: Run):
+    return (run.summary.get("params") or {}).get("total")
+
+
+def status_text(row: Row) -> tuple[str, str]:
+    """(status naming the failed run's seed and folder, its error) for the people's table."""
+    if row.completed:
+        return "completed", ""
+    run = row.runs[0]
+    return f"{run.status} (seed {run.seed}, {run.path.name})", run.summary.get("error", "")
+
+
+def main_table(comp: Comparison) -> tuple[list[str], list[list[str]]]:
+    """The table for people; status and error columns only when something failed."""
+    show_status = bool(comp.failed)
+    header = [*comp.columns, "params", "epochs", "n", *(h for _, h, _ in TABLE_METRICS)]
+    header += ["status", "error"] if show_status else []
+    body = []
+    for row in comp.rows:
+        params = row.constant(_params)
+        cells = [*row.values.values(),
+                 f"{int(params):,}" if params.isdigit() else params,
+                 row.constant(lambda r: r.summary.get("epochs")),
+                 str(sum(r.status == "completed" for r in row.runs)),
+                 *(fmt(row.stat(key), kind) for key, _, kind in TABLE_METRICS)]
+        body.append(cells + (list(status_text(row)) if show_status else []))
+    return header, body
+
+
+def csv_table(comp: Comparison) -> tuple[list[str], list[list]]:
+    """The table for programs: fractions, separate mean and std columns, every run's path."""
+    header = [*comp.columns, "params", "epochs", "n", "seeds", "status", "error"]
+    for key, _, _ in TABLE_METRICS:
+        header += [f"{key}_mean", f"{key}_std"]
+    header.append("runs")
+    body = []
+    for row in comp.rows:
+        cells = [*row.values.values(), row.constant(_params),
+                 row.constant(lambda r: r.summary.get("epochs")),
+                 sum(r.status == "completed" for r in row.runs),
+                 " ".join(str(r.seed) for r in row.runs), row.status,
+                 "" if row.completed else row.runs[0].summary.get("error", "")]
+        for key, _, _ in TABLE_METRICS:
+            stat = row.stat(key)
+            cells += [stat.mean if stat else "", stat.std if stat and stat.std is not None else ""]
+        body.append(cells + [";".join(str(r.path) for r in row.runs)])
+    return header, body
+
+
+def epoch_table(comp: Comparison, metric: str, kind: str) -> tuple[list[str], list[list[str]]]:
+    """Epochs as rows, configurations as columns: the side-by-side form of study reports."""
+    rows = [r for r in comp.rows if r.completed]
+    curves = [dict(r.curve(metric)) for r in rows]
+    epochs = sorted({e for c in curves for e in c})
+    return (["epoch", *(r.label for r in rows)],
+            [[str(e), *(fmt(c.get(e), kind) if e in c else "" for c in curves)] for e in epochs])
+
+
+def runs_table(comp: Comparison, out_dir: Path) -> tuple[list[str], list[list[str]]]:
+    """Which folder holds which configuration and seed: the way back to the evidence."""
+    label = {id(run): row.label for row in comp.rows for run in row.runs}
+    return (["run", "configuration", "seed", "status", "test acc (%)"],
+            [[_where(r.path, out_dir), label[id(r)], str(r.seed), r.status,
+              fmt(mean_std([r.summary["test/acc"]] if "test/acc" in r.summary else []), "acc")]
+             for r in comp.runs])
+
+
+def _where(path: Path, out_dir: Path) -> str:
+    """A run folder as seen from the comparison: relative inside a sweep, else absolute."""
+    path, out_dir = path.resolve(), out_dir.resolve()
+    return str(path.relative_to(out_dir)) if path.is_relative_to(out_dir) else str(path)
+
+
+# ----------------------------------------------------------------------------- markdown/html
+def md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ")
+                                 for c in cells) + " |"
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, body)])
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def intro(comp: Comparison) -> str:
+    configs = sum(r.completed for r in comp.rows)
+    keys = ", ".join(f"`{k}`" for k in comp.columns) or "none (the runs differ only in seed)"
+    return (f"{_count(len(comp.runs), 'run')} of {_count(configs, 'configuration')}. "
+            f"Keys that differ: {keys}. "
+            f"Each row pools the seeds of one configuration: mean ± standard deviation over "
+            f"its n runs. Sorted by test accuracy.")
+
+
+def epoch_sections(comp: Comparison) -> list[tuple[str, tuple]]:
+    return [(title, table) for metric, title, kind in EPOCH_METRICS
+            if (table := epoch_table(comp, metric, kind))[1]]
+
+
+def to_markdown(comp: Comparison, out_dir: Path) -> str:
+    parts = ["# Comparison", intro(comp), md_table(*main_table(comp)),
+             "\n".join(f"- {n}" for n in comp.notes)]
+    parts += ["![test accuracy](test_acc.png)", "![accuracy](curves_acc.png)",
+              "![loss](curves_loss.png)"]
+    for title, table in epoch_sections(comp):
+        parts += [f"## Per epoch: {title}", md_table(*table)]
+    parts += ["## Runs", md_table(*runs_table(comp, out_dir))]
+    return "\n\n".join(parts) + "\n"
+
+
+def html_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+                   for cells in body)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+HTML_STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 8px}
+th{background:#f0f0f0}td{text-align:right;white-space:nowrap}img{max-width:100%}"""
+
+
+def to_html(comp: Comparison, out_dir: Path) -> str:
+    parts = [f"<h1>Comparison</h1><p>{html.escape(intro(comp))}</p>",
+             html_table(*main_table(comp)),
+             "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in comp.notes) + "</ul>",
+             *(f'<p><img src="{name}" alt="{name}"></p>'
+               for name in ("test_acc.png", "curves_acc.png", "curves_loss.png"))]
+    for title, table in epoch_sections(comp):
+        parts += [f"<h2>Per epoch: {html.escape(title)}</h2>", html_table(*table)]
+    parts += ["<h2>Runs</h2>", html_table(*runs_table(comp, out_dir))]
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>Comparison</title>"
+            f"<style>{HTML_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def to_csv(comp: Comparison) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header, body = csv_table(comp)
+    writer.writerow(header)
+    writer.writerows(body)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- figures
+def _figure(width: float, height: float, title: str, ncols: int = 1) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.suptitle(title, fontsize=11)
+    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
+
+
+def _colors(n: int) -> list:
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def curves_figure(comp: Comparison, quantity: str) -> Figure:
+    """Train and validation curves of every configuration: mean line, ± std band."""
+    kind = "acc" if quantity == "acc" else "loss"
+    rows = [r for r in comp.rows if r.completed]
+    splits = [s for s in ("train", "val") if any(r.curve(f"{s}/{quantity}") for r in rows)]
+    name = "accuracy" if kind == "acc" else "loss"
+    fig, axes = _figure(5.2 * len(splits) + 0.6, 4.6,
+                        f"{name.capitalize()} per epoch (mean ± std over seeds)", len(splits))
+    scale = 100 if kind == "acc" else 1
+    for ax, split in zip(axes, splits, strict=True):
+        for row, color in zip(rows, _colors(len(rows)), strict=True):
+            curve = row.curve(f"{split}/{quantity}")
+            epochs = [e for e, _ in curve]
+            mean = [scale * s.mean for _, s in curve]
+            std = [scale * (s.std or 0) for _, s in curve]
+            ax.plot(epochs, mean, marker="o", markersize=3, color=color, label=row.label)
+            ax.fill_between(epochs, [m - s for m, s in zip(mean, std, strict=True)],
+                            [m + s for m, s in zip(mean, std, strict=True)],
+                            color=color, alpha=0.2, linewidth=0)
+        ax.set_title("validation" if split == "val" else "training", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{name} (%)" if kind == "acc" else name)
+        # Whole epochs only: a tick at 1.5 epochs reads as a measurement that was never made.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.margins(x=0.05 if ax.get_xlim()[1] - ax.get_xlim()[0] >= 1 else 1)
+        ax.grid(alpha=0.3)
+    # One legend below both panels: it names the swept values and never hides a curve.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(rows), 4), fontsize=8)
+    return fig
+
+
+def test_acc_figure(comp: Comparison) -> Figure:
+    """Horizontal bars, best on top, ± std error bars and one dot per seed. The axis is
+    zoomed to the data: MNIST accuracies differ in tenths of a point near 99%."""
+    ranked = [(r, r.stat("test/acc")) for r in comp.rows if r.completed and r.stat("test/acc")]
+    fig, (ax,) = _figure(8.0, 1.2 + 0.55 * max(len(ranked), 1),
+                         "Test accuracy (mean ± std over seeds; dots are single runs)")
+    y = list(range(len(ranked)))[::-1]
+    means = [100 * s.mean for _, s in ranked]
+    stds = [100 * (s.std or 0) for _, s in ranked]
+    ax.barh(y, means, xerr=stds, color=_colors(len(ranked)), alpha=0.8, capsize=3)
+    for yi, (_, s) in zip(y, ranked, strict=True):
+        ax.plot([100 * v for v in s.values], [yi] * len(s.values), "k.", markersize=4)
+    # The numbers go with the names, where no bar or error bar can cover them.
+    ax.set_yticks(y, [f"{r.label}\n{fmt(s, 'acc')}" for r, s in ranked], fontsize=8)
+    if ranked:
+        lows = [100 * min(s.values) for _, s in ranked] + [m - sd for m, sd in
+                                                           zip(means, stds, strict=True)]
+        highs = [100 * max(s.values) for _, s in ranked] + [m + sd for m, sd in
+                                                            zip(means, stds, strict=True)]
+        pad = max(0.5, 0.15 * (max(highs) - min(lows)))
+        ax.set_xlim(max(0.0, min(lows) - pad), max(highs) + pad)
+    ax.set_xlabel("test accuracy (%), axis zoomed")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def save_png(path: Path, fig: Figure) -> None:
+    files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
+
+
+# ----------------------------------------------------------------------------- writing
+def write(comp: Comparison, out_dir: str | Path) -> list[Path]:
+    """Every comparison file into out_dir; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_text(out / "comparison.md", to_markdown(comp, out))
+    files.write_text(out / "comparison.csv", to_csv(comp))
+    files.write_text(out / "comparison.html", to_html(comp, out))
+    save_png(out / "curves_loss.png", curves_figure(comp, "loss"))
+    save_png(out / "curves_acc.png", curves_figure(comp, "acc"))
+    save_png(out / "test_acc.png", test_acc_figure(comp))
+    return [out / name for name in OUTPUT_FILES]
+
+
+def default_out_dir(paths: Sequence[str | Path]) -> Path:
+    """A single sweep folder is rebuilt in place; anything else gets a folder of its own."""
+    if len(paths) == 1 and not (Path(paths[0]) / CONFIG_FILE).is_file():
+        return Path(paths[0])
+    return Path("outputs/comparisons") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def console_text(comp: Comparison) -> str:
+    """What `compare` and the end of a sweep print: which keys differ, the table, the notes."""
+    return "\n\n".join([intro(comp), md_table(*main_table(comp)),
+                         "\n".join(f"- {n}" for n in comp.notes)]).rstrip()
+
+
+def failure_line(comp: Comparison) -> str:
+    """One line naming each run that did not complete and why."""
+    parts = [f"{r.path.name} ({r.status}: {r.summary.get('error', 'no error recorded')})"
+             for r in comp.failed]
+    return f"{len(comp.failed)} of {len(comp.runs)} jobs did not complete: " + "; ".join(parts)
