@@ -29,13 +29,17 @@ def config(seed=0, **changes):
     return cfg
 
 
-def make_run(folder, cfg, test_acc=0.98, status="completed", error=None, val_acc=None):
-    """A run folder as `train` leaves it: config, summary and a two-epoch metrics.jsonl."""
+def make_run(folder, cfg, test_acc=0.98, status="completed", error=None, choices=None):
+    """A run folder as `train` leaves it: config, Hydra's record of the group choices,
+    summary and a two-epoch metrics.jsonl."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    choices = {"model": cfg["model"]["name"], "hydra/launcher": "basic", **(choices or {})}
+    (folder / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
     summary = {"status": status, "seed": cfg["seed"], "params": {"total": 21840}, "epochs": 2}
     if status == "completed":
-        summary.update({"final/train/acc": test_acc - 0.01, "final/val/acc": val_acc or test_acc,
+        summary.update({"final/train/acc": test_acc - 0.01, "final/val/acc": test_acc,
                         "test/acc": test_acc, "test/loss": 1 - test_acc,
                         "test/macro_recall": test_acc, "train_time_s": 10.0})
     if error:
@@ -137,6 +141,19 @@ def test_a_knob_varied_within_one_model_stays_a_column(tmp_path):
     comp = build(tmp_path, [(config(**{"model.dropout": 0.1}), 0.99),
                             (config(**{"model.dropout": 0.2}), 0.98), (tiny, 0.9)])
     assert comp.columns == ["model.name", "model.dropout"]
+
+
+def test_a_variant_choice_names_the_row_and_implies_its_keys(tmp_path):
+    grouped = config(**{"data.classes": {0: [0, 6], 1: [1, 7], 2: [2, 3, 5, 8], 3: [4, 9]}})
+    augmented = config(**{"data.classes": grouped["data"]["classes"],
+                          "data.augment.rotation": 10.0})
+    for i, (cfg, variant) in enumerate([(config(), "tiny_10classes"), (grouped, "tiny_4classes"),
+                                        (augmented, "tiny_4classes_augment")]):
+        make_run(tmp_path / f"{i}_job", cfg, 0.9 + i / 100, choices={"variant": variant})
+    comp = compare.build(compare.load_runs([tmp_path]))
+    assert comp.columns == ["variant"]  # not model (same for all) nor hydra/launcher
+    assert comp.implied == ["data.classes", "data.augment.rotation"]
+    assert [r.label for r in comp.rows][0] == "variant=tiny_4classes_augment"
 
 
 def test_class_groupings_are_one_readable_column(tmp_path):

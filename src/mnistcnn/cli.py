@@ -141,8 +141,9 @@ def compare(args: list[str]) -> None:
         prog="python -m mnistcnn compare",
         description="Compare finished runs: one row per configuration, seeds pooled.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
-    parser.add_argument("--out", help="folder for the comparison files (default: the sweep "
-                        "folder when PATH is one sweep, else outputs/comparisons/TIME)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="folder for the comparison files (default: the sweep folder "
+                        "when PATH is one sweep, else outputs/comparisons/TIME)")
     opts = parser.parse_args(args)
     comparison = build_comparison(load_runs(opts.paths))
     written = write_comparison(comparison, opts.out or default_out_dir(opts.paths))

@@ -100,7 +100,21 @@ def load_run(path: Path) -> Run:
         "status": "missing",
         "error": "no summary.json: the job was killed or never reached training"}
     metrics = files.read_jsonl(metrics_path) if metrics_path.is_file() else []
-    return Run(path, flatten(config), summary, metrics)
+    return Run(path, {**preset_choices(path, config), **flatten(config)}, summary, metrics)
+
+
+def preset_choices(path: Path, config: dict) -> dict:
+    """The options of config groups that merge into the whole config (experiment, variant,
+    quick), from Hydra's record of the run. Their names say in one word what a handful of
+    keys say together (variant=tiny_4classes_augment); groups with a node of their own
+    (model, optim) are already in the config as model.name, and hydra/* choices do not
+    change what is trained."""
+    hydra_file = path / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return {}
+    choices = OmegaConf.load(hydra_file).hydra.runtime.get("choices", {})
+    return {group: choice for group, choice in choices.items()
+            if "/" not in group and group not in config}
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -143,14 +157,15 @@ def differing_keys(configs: Sequence[dict]) -> list[str]:
 
 
 def split_implied(configs: Sequence[dict], keys: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(columns, implied): a key of a config group (model.hidden) whose value follows from
-    the group's choice (model.name) is implied, not a column: a model sweep shows one
-    `model.name` column, not every knob in which two model families differ."""
+    """(columns, implied): a key whose value follows from a differing choice is implied,
+    not a column. The choices are a preset or variant (undotted keys) and, for a key of a
+    config group, the group's `name`: a model sweep shows one `model.name` column, not
+    every knob in which two model families differ; the tiny study shows its `variant`."""
     columns, implied = [], []
     for key in keys:
         group, _, leaf = key.rpartition(".")
-        choice = f"{group}.name"
-        if group and leaf != "name" and choice in keys and _follows(configs, key, choice):
+        choices = [k for k in keys if "." not in k] + [f"{group}.name"] * (leaf != "name")
+        if group and any(c in keys and _follows(configs, key, c) for c in choices):
             implied.append(key)
         else:
             columns.append(key)
@@ -206,6 +221,10 @@ class Row:
     @property
     def status(self) -> str:
         return "completed" if self.completed else self.runs[0].status
+
+    @property
+    def n(self) -> int:
+        return sum(r.status == "completed" for r in self.runs)
 
     def stat(self, key: str) -> Stat | None:
         return mean_std([r.summary[key] for r in self.runs if r.summary.get(key) is not None])
@@ -272,7 +291,7 @@ def gap_note(rows: Sequence[Row]) -> str | None:
 def notes(rows: Sequence[Row], implied: Sequence[str]) -> list[str]:
     found = [gap_note(rows)]
     if implied:
-        found.append("Also differing, as the group choice implies: "
+        found.append("Also differing, each set by a chosen variant, preset or group option: "
                      + ", ".join(f"`{k}`" for k in implied) + ".")
     failed = [r for r in rows if not r.completed]
     if failed:
@@ -315,6 +334,10 @@ def _params(run: Run):
     return (run.summary.get("params") or {}).get("total")
 
 
+def _epochs(run: Run):
+    return run.summary.get("epochs")
+
+
 def status_text(row: Row) -> tuple[str, str]:
     """(status naming the failed run's seed and folder, its error) for the people's table."""
     if row.completed:
@@ -333,8 +356,7 @@ def main_table(comp: Comparison) -> tuple[list[str], list[list[str]]]:
         params = row.constant(_params)
         cells = [*row.values.values(),
                  f"{int(params):,}" if params.isdigit() else params,
-                 row.constant(lambda r: r.summary.get("epochs")),
-                 str(sum(r.status == "completed" for r in row.runs)),
+                 row.constant(_epochs), str(row.n),
                  *(fmt(row.stat(key), kind) for key, _, kind in TABLE_METRICS)]
         body.append(cells + (list(status_text(row)) if show_status else []))
     return header, body
@@ -348,9 +370,7 @@ def csv_table(comp: Comparison) -> tuple[list[str], list[list]]:
     header.append("runs")
     body = []
     for row in comp.rows:
-        cells = [*row.values.values(), row.constant(_params),
-                 row.constant(lambda r: r.summary.get("epochs")),
-                 sum(r.status == "completed" for r in row.runs),
+        cells = [*row.values.values(), row.constant(_params), row.constant(_epochs), row.n,
                  " ".join(str(r.seed) for r in row.runs), row.status,
                  "" if row.completed else row.runs[0].summary.get("error", "")]
         for key, _, _ in TABLE_METRICS:
@@ -474,19 +494,13 @@ def curves_figure(comp: Comparison, quantity: str) -> Figure:
     rows = [r for r in comp.rows if r.completed]
     splits = [s for s in ("train", "val") if any(r.curve(f"{s}/{quantity}") for r in rows)]
     name = "accuracy" if kind == "acc" else "loss"
-    fig, axes = _figure(5.2 * len(splits) + 0.6, 4.6,
-                        f"{name.capitalize()} per epoch (mean ± std over seeds)", len(splits))
-    scale = 100 if kind == "acc" else 1
+    width = 5.2 * len(splits) + 0.6
+    fig, axes = _figure(width, 4.6, f"{name.capitalize()} per epoch (mean ± std over seeds)",
+                        len(splits))
     for ax, split in zip(axes, splits, strict=True):
         for row, color in zip(rows, _colors(len(rows)), strict=True):
-            curve = row.curve(f"{split}/{quantity}")
-            epochs = [e for e, _ in curve]
-            mean = [scale * s.mean for _, s in curve]
-            std = [scale * (s.std or 0) for _, s in curve]
-            ax.plot(epochs, mean, marker="o", markersize=3, color=color, label=row.label)
-            ax.fill_between(epochs, [m - s for m, s in zip(mean, std, strict=True)],
-                            [m + s for m, s in zip(mean, std, strict=True)],
-                            color=color, alpha=0.2, linewidth=0)
+            _draw_curve(ax, row.curve(f"{split}/{quantity}"), 100 if kind == "acc" else 1,
+                        color, row.label)
         ax.set_title("validation" if split == "val" else "training", fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{name} (%)" if kind == "acc" else name)
@@ -496,8 +510,30 @@ def curves_figure(comp: Comparison, quantity: str) -> Figure:
         ax.grid(alpha=0.3)
     # One legend below both panels: it names the swept values and never hides a curve.
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(rows), 4), fontsize=8)
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8,
+               ncol=_legend_columns(labels, width))
     return fig
+
+
+def _draw_curve(ax, curve: list[tuple[int, Stat]], scale: float, color, label: str) -> None:
+    epochs = [e for e, _ in curve]
+    mean = [scale * s.mean for _, s in curve]
+    std = [scale * (s.std or 0) for _, s in curve]
+    if len(curve) == 1:  # a band needs two epochs; one epoch gets an error bar
+        ax.errorbar(epochs, mean, yerr=std, marker="o", markersize=4, capsize=4, color=color,
+                    label=label)
+        return
+    ax.plot(epochs, mean, marker="o", markersize=3, color=color, label=label)
+    ax.fill_between(epochs, [m - s for m, s in zip(mean, std, strict=True)],
+                    [m + s for m, s in zip(mean, std, strict=True)],
+                    color=color, alpha=0.2, linewidth=0)
+
+
+def _legend_columns(labels: Sequence[str], width_in: float) -> int:
+    """As many legend columns as the longest label lets fit across the figure (8 pt text is
+    about 14 characters an inch, plus the line sample)."""
+    longest = max((len(label) for label in labels), default=1) + 6
+    return max(1, min(len(labels), 4, int(14 * width_in) // longest))
 
 
 def test_acc_figure(comp: Comparison) -> Figure:
