@@ -6,7 +6,7 @@ import pytest
 
 from mnistcnn.__main__ import main
 from mnistcnn.cli import compose_config
-from mnistcnn.config import choice
+from mnistcnn.config import choice, saved_config, to_plain
 
 
 @pytest.mark.parametrize("args, message", [
@@ -63,3 +63,12 @@ def test_defaults_compose_to_the_documented_run():
                            "data": ["fashion_mnist"]}.items():
         for option in options:
             assert choice(compose_config([f"{group}={option}"])[group].name) == option
+
+
+def test_configs_saved_before_new_trainer_keys_get_their_defaults():
+    saved = to_plain(compose_config(["model=tiny", "trainer.epochs=2"]))
+    for key in ("precision", "compile", "compile_mode"):
+        del saved["trainer"][key]
+    cfg = saved_config(saved)
+    assert cfg.trainer.epochs == 2 and cfg.model.name == "tiny"
+    assert to_plain(cfg)["trainer"] == to_plain(compose_config([]))["trainer"] | {"epochs": 2}

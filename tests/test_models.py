@@ -9,6 +9,7 @@ import torch
 from mnistcnn import models
 from mnistcnn.cli import compose_config
 from mnistcnn.errors import UserError
+from mnistcnn.models.layers import Dropout
 
 
 def build(*overrides, num_classes=10):
@@ -102,3 +103,25 @@ def test_layer_table_lists_shapes_and_sums_to_the_totals():
     assert sum(r["params"] for r in rows) == models.param_counts(model)["total"]
     text = models.format_layer_table(model, "keras")
     assert "non-trainable params:" in text and "1,024" in text and "278,858" in text
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5, 0.3])
+def test_fast_dropout_keeps_the_right_share_and_preserves_the_mean(p):
+    drop = Dropout(p).train()
+    torch.manual_seed(0)
+    x = torch.ones(64, 16, 26, 26).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    out = drop(x)
+    kept = out != 0
+    assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.005)
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    out.sum().backward()  # the gradient passes exactly where the input was kept
+    assert torch.equal(x.grad, out.detach())
+    # Masks are independent of the layout and repeat under the same seed.
+    torch.manual_seed(1)
+    a = drop(torch.ones(8, 100))
+    torch.manual_seed(1)
+    assert torch.equal(a, drop(torch.ones(8, 100)))
+    assert not torch.equal(a, drop(torch.ones(8, 100)))
+    assert torch.equal(drop.eval()(x), x)

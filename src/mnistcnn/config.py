@@ -51,6 +51,17 @@ class Device(Enum):
     cuda = "cuda"
 
 
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # bfloat16 autocast for forward passes; weights and optimizer stay fp32
+
+
+class CompileMode(Enum):
+    default = "default"
+    reduce_overhead = "reduce-overhead"  # CUDA graphs on a GPU
+    max_autotune = "max-autotune"
+
+
 def choice(value: Any) -> Any:
     """The plain string behind an Enum field (config values may be Enum members or strings)."""
     return value.value if isinstance(value, Enum) else value
@@ -250,6 +261,11 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     device: Device = Device.auto
     deterministic: bool = False
+    precision: Precision = Precision.fp32
+    # torch.compile the model for training and validation passes (compile time is paid
+    # at the first batch of each batch shape and counted in the first epoch's time).
+    compile: bool = False
+    compile_mode: CompileMode = CompileMode.default
 
 
 @dataclass
@@ -371,6 +387,14 @@ def validate(cfg: DictConfig) -> None:
     _check(0 <= a.translate < 1, "data.augment.translate", a.translate, "fraction in [0, 1)")
     _check(0 <= a.brightness < 1, "data.augment.brightness", a.brightness, "must be in [0, 1)")
     validate_classes(d.classes)
+
+
+def saved_config(saved: Any) -> DictConfig:
+    """A config saved by a run (a dict or a loaded YAML) with trainer keys added since then
+    at their defaults, so runs made by an earlier version can be resumed and evaluated."""
+    cfg = OmegaConf.create(saved) if not isinstance(saved, DictConfig) else saved
+    cfg.trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer)
+    return cfg
 
 
 def to_plain(cfg: DictConfig | ListConfig) -> Any:

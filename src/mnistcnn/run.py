@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnistcnn import data as data_mod
 from mnistcnn import files, models, report
-from mnistcnn.config import to_plain, validate
+from mnistcnn.config import saved_config, to_plain, validate
 from mnistcnn.engine import (
     Diverged,
     Interrupted,
@@ -147,7 +147,8 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
 
         test_loss, test_acc, logits = evaluate(model, data.test, data,
                                                make_loss(cfg.loss, data.num_classes),
-                                               cfg.trainer.eval_batch_size)
+                                               cfg.trainer.eval_batch_size,
+                                               cfg.trainer.precision)
         write_predictions(run_dir / "predictions.csv", data.test.labels, logits)
         save_checkpoint(run_dir / "model.pt", model, cfg, data)
         last = records[-1]
@@ -185,9 +186,9 @@ def resume_run(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     state_path, config_path = run_dir / "last.pt", run_dir / ".hydra" / "config.yaml"
     if state_path.is_file():
-        cfg = OmegaConf.create(safe_load(state_path, "an mnistcnn resume checkpoint")["config"])
+        cfg = saved_config(safe_load(state_path, "an mnistcnn resume checkpoint")["config"])
     elif config_path.is_file():  # stopped before its first epoch ended: start it again
-        cfg = OmegaConf.load(config_path)
+        cfg = saved_config(OmegaConf.load(config_path))
     else:
         raise UserError(f"{run_dir} is not a run folder (no last.pt or .hydra/config.yaml); "
                         f"pass resume=PATH of a folder written by `train`")
@@ -247,7 +248,7 @@ def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
     """Re-evaluate a finished run on its test set from model.pt and its saved config."""
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
-    cfg = OmegaConf.create(ckpt["config"])
+    cfg = saved_config(ckpt["config"])
     device = resolve_device(device_name)
     data = data_mod.load(cfg.data, device, cfg.seed)
     data = dataclasses.replace(data, mean=ckpt["mean"], std=ckpt["std"])
@@ -258,7 +259,7 @@ def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
         raise UserError(f"{run_dir / 'model.pt'} does not match its config's model "
                         f"({cfg.model.name}); the checkpoint is from a different model") from e
     loss, acc, logits = evaluate(model, data.test, data, make_loss(cfg.loss, data.num_classes),
-                                 cfg.trainer.eval_batch_size)
+                                 cfg.trainer.eval_batch_size, cfg.trainer.precision)
     write_predictions(run_dir / "predictions.csv", data.test.labels, logits)
     result = {"test/loss": loss, "test/acc": acc, "test_size": len(data.test),
               "device": str(device), "evaluated": _now()}

@@ -52,10 +52,32 @@ def depthwise_separable(c_in: int, c_out: int, stride: int, act, batchnorm: bool
                pw_act=activation(act))
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose CPU mask comes from 16-bit slices of random 64-bit words.
+
+    torch's CPU dropout draws one Bernoulli sample per element, ~20x slower than
+    filling the same mask from bulk random integers: 17% of the Keras net's step
+    time went to it. The keep probability is rounded to a multiple of 1/65536 (0.25
+    and 0.5 are exact). Other devices, and eval mode, use nn.Dropout as it is."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.p or x.device.type != "cpu" or self.inplace:
+            return super().forward(x)
+        keep, n = 1 - self.p, x.numel()
+        words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+        mask = words.view(torch.int16)[:n] < round(keep * 2**16) - 2**15
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            b, c, h, w = x.shape  # lay the mask out like x, so the product streams memory
+            mask = mask.view(b, h, w, c).permute(0, 3, 1, 2)
+        else:
+            mask = mask.view(x.shape)
+        return x * mask.to(x.dtype).mul_(1 / keep)
+
+
 def dropout(p: float, two_d: bool = False) -> nn.Module | None:
     if not p:
         return None
-    return nn.Dropout2d(p) if two_d else nn.Dropout(p)
+    return nn.Dropout2d(p) if two_d else Dropout(p)
 
 
 def dry_run(stages: nn.Sequential, in_shape: tuple[int, ...], model: str) -> tuple[int, ...]:
