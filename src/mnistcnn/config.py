@@ -258,7 +258,9 @@ class LossConfig:
 class TrainerConfig:
     epochs: int = 3
     batch_size: int = 64
-    eval_batch_size: int = 1000
+    # Validation/test/report batches. On a 2-core CPU 256 ran val passes 2-2.7x faster than
+    # 1,000 (whose activations outgrow the caches); a GPU can take more.
+    eval_batch_size: int = 256
     device: Device = Device.auto
     deterministic: bool = False
     precision: Precision = Precision.fp32
