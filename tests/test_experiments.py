@@ -90,3 +90,11 @@ def test_a_preset_runs_with_its_quick_switch(synthetic_dir, tmp_path):
     rows = list(csv.DictReader((tmp_path / "comparison.csv").open()))
     assert sorted(r["model.pool"] for r in rows) == ["avg", "max"]
     assert all(r["epochs"] == "1" and r["seeds"] == "0" for r in rows)
+
+
+def test_speedrun_preset_runs_one_configuration_over_5_seeds():
+    assert sweep_params("+experiment=speedrun") == {"seed": ["0", "1", "2", "3", "4"]}
+    cli.precheck(["+experiment=speedrun"], multirun=True)
+    cfg = cli.compose_config(["+experiment=speedrun"])
+    assert cfg.model.name == "conv5x5" and cfg.model.batchnorm and cfg.sched.name == "onecycle"
+    assert cfg.data.val_size == 0 and not cfg.report.enabled
