@@ -68,7 +68,7 @@ def reuse_freed_memory() -> None:
     """Make glibc keep freed activation buffers for reuse instead of returning them to the OS.
 
     By default a buffer of a few MB is mmap'ed on allocation and unmapped when freed,
-    so every batch page-faults its activations in again: a third of the Keras net's
+    so every batch page-faults its activations in again: about a fifth of the Keras net's
     step time on a 2-core CPU (measured: 575k page faults in 50 steps, 157k with this).
     Called once per process by `fit`; a no-op where libc has no mallopt."""
     try:
