@@ -11,9 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = os.environ.get("MNISTCNN_DATA_DIR")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a GPU: on a machine without one they are skipped, not failed."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> None:

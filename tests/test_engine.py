@@ -14,11 +14,24 @@ from mnistcnn.cli import compose_config
 from mnistcnn.errors import UserError
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop", "adadelta"])
-def test_every_optimizer_is_built_with_its_settings(name):
-    cfg = compose_config([f"optim={name}", "optim.weight_decay=0.001"]).optim
+@pytest.mark.parametrize("overrides, cls, settings", [
+    (["optim=adam", "optim.betas=[0.8,0.99]"], torch.optim.Adam, {"betas": (0.8, 0.99)}),
+    (["optim=adamw", "optim.betas=[0.85,0.98]"], torch.optim.AdamW, {"betas": (0.85, 0.98)}),
+    (["optim=sgd", "optim.momentum=0.8", "optim.nesterov=true"], torch.optim.SGD,
+     {"momentum": 0.8, "nesterov": True}),
+    (["optim=sgd", "optim.momentum=0"], torch.optim.SGD, {"momentum": 0, "nesterov": False}),
+    (["optim=rmsprop", "optim.alpha=0.9", "optim.momentum=0.5"], torch.optim.RMSprop,
+     {"alpha": 0.9, "momentum": 0.5}),
+    (["optim=adadelta", "optim.rho=0.8"], torch.optim.Adadelta, {"rho": 0.8}),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_every_optimizer_is_built_with_its_settings(overrides, cls, settings):
+    cfg = compose_config([*overrides, "optim.lr=0.003", "optim.weight_decay=0.001"]).optim
     opt = engine.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
-    assert opt.param_groups[0]["lr"] == cfg.lr and opt.param_groups[0]["weight_decay"] == 0.001
+    assert type(opt) is cls
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.003 and group["weight_decay"] == 0.001
+    for key, value in settings.items():
+        assert group[key] == pytest.approx(value), key
 
 
 def test_nesterov_without_momentum_is_a_user_error():
@@ -53,13 +66,25 @@ def test_schedules():
     assert max(one) == pytest.approx(0.01, rel=0.05) and one[0] < 0.001 and one[-1] < one[0]
 
 
-@pytest.mark.parametrize("name", ["cross_entropy", "nll", "mse"])
-def test_losses_prefer_the_right_class(name):
-    cfg = compose_config([f"loss.name={name}", "loss.label_smoothing=0.1"]).loss
-    loss = engine.make_loss(cfg, 3)
+# Targets smoothed by hand: (1 - 0.1) on the true class plus 0.1 / 3 everywhere.
+SMOOTHED = torch.tensor([[0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3], [0.1 / 3, 0.1 / 3, 0.9 + 0.1 / 3]])
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("cross_entropy", lambda z: -(SMOOTHED * z.log_softmax(1)).sum(1).mean()),
+    ("nll", lambda z: -(SMOOTHED * z.log_softmax(1)).sum(1).mean()),
+    ("mse", lambda z: ((z.softmax(1) - SMOOTHED) ** 2).mean()),
+])
+def test_losses_prefer_the_right_class_and_use_the_smoothing(name, expected):
+    smoothed = engine.make_loss(compose_config([f"loss.name={name}",
+                                                "loss.label_smoothing=0.1"]).loss, 3)
+    plain = engine.make_loss(compose_config([f"loss.name={name}"]).loss, 3)
     y = torch.tensor([0, 2])
     good = torch.tensor([[5.0, 0, 0], [0, 0, 5.0]])
-    assert loss(good, y) < loss(-good, y)
+    assert smoothed(good, y) < smoothed(-good, y)
+    assert torch.allclose(smoothed(good, y), expected(good))
+    # Smoothing penalises a confident right answer: ignoring it would give the plain loss.
+    assert smoothed(good, y) > plain(good, y) + 1e-3
 
 
 def test_nll_and_cross_entropy_agree_without_smoothing():
@@ -109,12 +134,26 @@ def test_diverging_loss_stops_the_run(synthetic_dir):
         fit_synthetic(synthetic_dir, "optim=sgd", "optim.lr=1e12", "model.dropout=0")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_request_without_gpu_is_a_user_error():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
     with pytest.raises(UserError, match="no CUDA GPU"):
         engine.resolve_device("cuda")
     assert engine.resolve_device("auto").type == "cpu"
+
+
+@pytest.mark.cuda
+def test_fit_on_the_gpu_learns_and_keeps_everything_there(synthetic_dir):
+    assert engine.resolve_device("auto").type == "cuda"
+    cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=classic",
+                          "trainer.epochs=3", "trainer.device=cuda"])
+    device = engine.resolve_device(cfg.trainer.device)
+    engine.seed_everything(cfg.seed)
+    data = data_mod.load(cfg.data, device, cfg.seed)
+    model = engine.place_model(models.build(cfg.model, data.num_classes), device)
+    records = engine.fit(model, data, cfg, lambda r, t: None)
+    assert records[-1]["val/acc"] > 0.5
+    assert all(math.isfinite(r["train/loss"]) for r in records)
+    assert all(p.device.type == "cuda" for p in model.parameters())
 
 
 def test_resuming_from_a_saved_state_gives_the_uninterrupted_records(synthetic_dir, tmp_path):
@@ -164,11 +203,15 @@ def test_bf16_autocast_trains_and_reports_fp32_logits(synthetic_dir):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_compiled_training_matches_eager(synthetic_dir):
-    eager, *_ = fit_synthetic(synthetic_dir, "model=tiny", "trainer.epochs=1")
-    compiled, _, model, _ = fit_synthetic(synthetic_dir, "model=tiny", "trainer.epochs=1",
-                                          "trainer.compile=true")
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
-        assert compiled[0][key] == pytest.approx(eager[0][key], rel=1e-3, abs=1e-3), key
+def test_compiled_training_learns_like_eager(synthetic_dir):
+    # Compiled kernels sum floats in another order, so near-ties flip and the numbers differ
+    # slightly from eager ones (and between machines): assert what holds everywhere.
+    eager, *_ = fit_synthetic(synthetic_dir, "model=tiny")
+    compiled, _, model, _ = fit_synthetic(synthetic_dir, "model=tiny", "trainer.compile=true")
+    assert [set(r) for r in compiled] == [set(r) for r in eager]
+    for records in (eager, compiled):
+        assert all(math.isfinite(r[k]) for r in records for k in ("train/loss", "val/loss"))
+        assert records[1]["train/loss"] < records[0]["train/loss"]
+        assert records[1]["val/acc"] > 0.2  # chance is 0.1
     # The weights stay on the plain module: checkpoints and the report never see the wrapper.
     assert not any(k.startswith("_orig_mod") for k in model.state_dict())

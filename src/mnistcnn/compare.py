@@ -13,9 +13,7 @@ The columns are the config keys that differ between the runs.
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import re
 import statistics
 from collections.abc import Iterable, Sequence
@@ -466,15 +464,6 @@ def to_html(comp: Comparison, out_dir: Path) -> str:
             f"<style>{HTML_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
-def to_csv(comp: Comparison) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    header, body = csv_table(comp)
-    writer.writerow(header)
-    writer.writerows(body)
-    return buf.getvalue()
-
-
 # ----------------------------------------------------------------------------- figures
 def _figure(width: float, height: float, title: str, ncols: int = 1) -> tuple[Figure, list]:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
@@ -572,7 +561,7 @@ def write(comp: Comparison, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files.write_text(out / "comparison.md", to_markdown(comp, out))
-    files.write_text(out / "comparison.csv", to_csv(comp))
+    files.write_csv(out / "comparison.csv", *csv_table(comp))
     files.write_text(out / "comparison.html", to_html(comp, out))
     save_png(out / "curves_loss.png", curves_figure(comp, "loss"))
     save_png(out / "curves_acc.png", curves_figure(comp, "acc"))

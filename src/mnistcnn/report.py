@@ -11,9 +11,7 @@ misclassified digit, ...) is skipped with a note in the report, never an error.
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -139,19 +137,13 @@ def read_predictions(path: Path) -> Predictions:
 
 def write_confusion_csv(path: Path, cm: np.ndarray, class_names: Sequence[str]) -> None:
     """Counts with true classes on rows and predicted classes on columns."""
-    lines = [",".join(["true\\pred", *class_names])]
-    lines += [",".join([name, *map(str, row)]) for name, row in zip(class_names, cm.tolist(),
-                                                                    strict=True)]
-    files.write_text(path, "\n".join(lines) + "\n")
+    files.write_csv(path, ["true\\pred", *class_names],
+                    ([name, *row] for name, row in zip(class_names, cm.tolist(), strict=True)))
 
 
 def write_classification_csv(path: Path, rows: list[dict]) -> None:
     """Per-class rows then the averages; an undefined value is written as `nan`."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=metrics.COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    files.write_text(path, buf.getvalue())
+    files.write_csv(path, metrics.COLUMNS, ([row[c] for c in metrics.COLUMNS] for row in rows))
 
 
 def draw_figures(view: RunView, names: Sequence[str], folder: Path

@@ -54,9 +54,8 @@ def write_predictions(path: Path, labels: torch.Tensor, logits: torch.Tensor) ->
     probs = torch.softmax(logits.float(), dim=1)
     conf, pred = probs.max(dim=1)
     rows = zip(labels.tolist(), pred.tolist(), conf.tolist(), strict=True)
-    lines = ["index,label,pred,confidence"]
-    lines += [f"{i},{y},{p},{c:.6f}" for i, (y, p, c) in enumerate(rows)]
-    files.write_text(path, "\n".join(lines) + "\n")
+    files.write_csv(path, ["index", "label", "pred", "confidence"],
+                    ([i, y, p, f"{c:.6f}"] for i, (y, p, c) in enumerate(rows)))
 
 
 class StopOnSignal:
