@@ -86,6 +86,11 @@ CONFIG_CASES = [
 ]
 
 
+# Asking for a GPU is a user error only where there is none: a CUDA machine leaves the
+# "no GPU" case out (tests/test_cli.py runs on the GPU there). The README states the count.
+CASES_RUN = 41 if torch.cuda.is_available() else 42
+
+
 @pytest.fixture(scope="module")
 def earlier_run(synthetic_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("earlier") / "run"
@@ -96,8 +101,6 @@ def earlier_run(synthetic_dir, tmp_path_factory):
 
 
 def test_malformed_inputs(earlier_run, synthetic_dir, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("the no-GPU case needs a machine without CUDA")
     before = digest(earlier_run)
     # A checkpoint whose weights belong to another model than its config says.
     mixed = tmp_path / "mixed"
@@ -110,7 +113,8 @@ def test_malformed_inputs(earlier_run, synthetic_dir, tmp_path):
 
     cases = [(name, ["train", *args, f"hydra.run.dir={tmp_path / 'runs' / str(i)}",
                      f"hydra.sweep.dir={tmp_path / 'sweeps' / str(i)}"], message)
-             for i, (name, args, message) in enumerate(CONFIG_CASES + data_cases(tmp_path))]
+             for i, (name, args, message) in enumerate(CONFIG_CASES + data_cases(tmp_path))
+             if not (name == "no GPU" and torch.cuda.is_available())]
     cases += [
         ("val_size too big", ["train", f"data.dir={synthetic_dir}", "data.val_size=2000",
                               f"hydra.run.dir={tmp_path / 'runs' / 'val'}"],
@@ -128,7 +132,7 @@ def test_malformed_inputs(earlier_run, synthetic_dir, tmp_path):
          "resume=PATH continues a run with its own config"),
         ("unknown command", ["fit"], "unknown command 'fit'"),
     ]
-    assert len(cases) >= 30
+    assert len(cases) == CASES_RUN
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda c: run_cli(*c[1], cwd=tmp_path), cases))
     problems = []

@@ -11,9 +11,11 @@ from conftest import REAL_MNIST, make_dataset, run_cli
 RUN_FILES = [".hydra/config.yaml", "metrics.jsonl", "summary.json", "predictions.csv", "model.pt"]
 
 
-def train(run_dir, data_dir, *overrides, cwd=None):
+def train(run_dir, data_dir, *overrides, device="cpu", cwd=None):
+    """A one-epoch run; on the CPU unless asked otherwise, since these tests expect CPU
+    behaviour (device "cpu", bit-equal repeats)."""
     return run_cli("train", f"data.dir={data_dir}", "data.val_size=200", "trainer.epochs=1",
-                   f"hydra.run.dir={run_dir}", *overrides, cwd=cwd)
+                   f"trainer.device={device}", f"hydra.run.dir={run_dir}", *overrides, cwd=cwd)
 
 
 @pytest.mark.parametrize("model", ["conv5x5", "keras", "classic", "tiny", "mobilenet"])
@@ -49,13 +51,36 @@ def test_evaluate_reproduces_the_test_metrics(synthetic_dir, tmp_path):
     assert train(tmp_path / "run", synthetic_dir, "model=classic",
                  "report.enabled=false").returncode == 0
     before = (tmp_path / "run" / "predictions.csv").read_text()
-    result = run_cli("evaluate", f"run={tmp_path / 'run'}")
+    result = run_cli("evaluate", f"run={tmp_path / 'run'}", "device=cpu")
     assert result.returncode == 0, result.stderr
     evaluation = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert evaluation["test/acc"] == pytest.approx(summary["test/acc"])
     assert (tmp_path / "run" / "predictions.csv").read_text() == before
     assert "test/acc" in result.stdout
+
+
+@pytest.mark.cuda
+def test_a_cuda_run_completes_on_the_gpu_and_repeats_closely(synthetic_dir, tmp_path):
+    def run(name):
+        result = train(tmp_path / name, synthetic_dir, "model=classic", "report.enabled=false",
+                       "trainer.epochs=2", device="cuda")
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+
+    first, second = run("a"), run("b")
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["device"] == "cuda:0"
+    assert summary["test/acc"] > 0.5
+    # GPU kernels may sum in another order from run to run: close, not bit-equal.
+    for a, b in zip(first, second, strict=True):
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-3), key
+    result = run_cli("evaluate", f"run={tmp_path / 'a'}", "device=cuda")
+    assert result.returncode == 0, result.stderr
+    evaluation = json.loads((tmp_path / "a" / "evaluation.json").read_text())
+    assert evaluation["device"] == "cuda:0"
+    assert evaluation["test/acc"] == pytest.approx(summary["test/acc"], abs=0.01)
 
 
 def test_small_multirun_puts_each_job_in_the_sweep_folder(synthetic_dir, tmp_path):
