@@ -175,6 +175,25 @@ def test_fashion_mnist_reads_the_same_format(tmp_path):
     assert d.class_names[0] == "T-shirt" and len(d.train) == 30
 
 
+def test_fashion_mnist_is_found_through_its_env_var_then_torchvision_folder(tmp_path,
+                                                                           monkeypatch):
+    mnist = make_dataset(tmp_path / "mnist", 20, 10)
+    env_dir = make_dataset(tmp_path / "fashion", 30, 10, seed=1)
+    raw = make_dataset(tmp_path / "cwd" / "data" / "FashionMNIST" / "raw", 40, 10, seed=2)
+    monkeypatch.setenv("MNISTCNN_DATA_DIR", str(mnist))  # MNIST's variable is not Fashion's
+    monkeypatch.setenv("MNISTCNN_FASHION_DIR", str(env_dir))
+    monkeypatch.chdir(tmp_path / "cwd")
+    cfg = data_cfg(name="fashion_mnist", val_size=0)
+    assert data.locate(cfg) == env_dir
+    loaded = data.load(cfg)
+    assert len(loaded.train) == 30 and loaded.class_names[9] == "Boot"
+    expected = data.read_idx(env_dir / "train-images-idx3-ubyte.gz", data.IMAGE_MAGIC)
+    assert torch.equal(loaded.train.images[:, 0], expected)  # the env folder's files, read
+    monkeypatch.delenv("MNISTCNN_FASHION_DIR")
+    assert data.locate(cfg).resolve() == raw.resolve()
+    assert len(data.load(cfg).train) == 40
+
+
 def test_gzip_helper_matches_reader(tmp_path):
     # write_idx's .gz must be a real gzip stream (guards the fixtures themselves)
     write_idx(tmp_path / "x", np.zeros(5, np.uint8), 2049)

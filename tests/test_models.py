@@ -24,6 +24,8 @@ def build(*overrides, num_classes=10):
     (["model=classic", "model.hidden=25"], 10, 13_565, 13_565),
     (["model=tiny"], 10, 4_470, 4_470),
     (["model=tiny"], 4, 4_368, 4_368),
+    (["model=mobilenet"], 10, None, 50_698),
+    (["model=mobilenet", "model.conv_blocks=4", "model.mobile_blocks=0"], 10, None, 391_850),
 ])
 def test_parameter_counts_match_the_spec(overrides, classes, trainable, total):
     counts = models.param_counts(build(*overrides, num_classes=classes))

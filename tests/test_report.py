@@ -12,19 +12,23 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, synthetic_images
+from conftest import make_dataset, run_cli, synthetic_images, write_idx
 from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.metrics import classification_report
 
 from mnistcnn import files, models, plots, report
 from mnistcnn.cli import compose_config
-from mnistcnn.data import Data, Split
+from mnistcnn.config import saved_config
+from mnistcnn.data import LABEL_MAGIC, Data, Split, read_idx
 from mnistcnn.engine import predict
 from mnistcnn.errors import UserError
 from mnistcnn.run import log_class_findings, write_predictions
 
-PLOTS = list(report.FIGURES)
+# The README's list of plots/*.png: the code must draw exactly these.
+PLOTS = ["loss", "accuracy", "confusion", "errors", "correct", "filters_first", "filters_last",
+         "feature_maps", "embedding"]
+GROUPS = "{0:[0,6],1:[1,7],2:[2,3,5,8],3:[4,9]}"
 FILES = ["confusion.csv", "classification.csv", "report.html",
          *[f"plots/{name}.png" for name in PLOTS]]
 # Pixel widths (and heights, where fixed) that plots.py declares for each figure.
@@ -41,9 +45,10 @@ HEIGHTS = {"loss": plots.CURVE_SIZE[1], "accuracy": plots.CURVE_SIZE[1],
 def trained(synthetic_dir, tmp_path_factory):
     """A short tiny-model run on synthetic data: 300 training images, so it still errs."""
     run_dir = tmp_path_factory.mktemp("report") / "run"
+    # On the CPU: evaluate (on the CPU) must rebuild the same files byte for byte.
     result = run_cli("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
                      "data.limit=300", "trainer.epochs=1", "report.tsne_samples=200",
-                     f"hydra.run.dir={run_dir}")
+                     "trainer.device=cpu", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     return run_dir, result
 
@@ -51,6 +56,10 @@ def trained(synthetic_dir, tmp_path_factory):
 def read_csv(path) -> list[list[str]]:
     with open(path, newline="") as f:
         return list(csv.reader(f))
+
+
+def test_the_readme_plots_are_the_ones_drawn():
+    assert list(report.FIGURES) == PLOTS
 
 
 def test_train_writes_every_report_file(trained):
@@ -118,14 +127,22 @@ def test_report_html_embeds_every_plot_and_the_run_tables(trained):
     assert 'src="http' not in page and "<script" not in page  # opens from disk, alone
 
 
-def test_never_predicted_classes_are_called_out_in_console_and_report(trained):
-    run_dir, result = trained
+def test_never_predicted_classes_are_called_out_in_console_and_report(tmp_path):
+    # Every training 9 is labelled 4: the model learns never to answer 9.
+    folder = make_dataset(tmp_path / "data", n_train=2000, n_test=100)
+    labels = read_idx(folder / "train-labels-idx1-ubyte.gz", LABEL_MAGIC).numpy()
+    write_idx(folder / "train-labels-idx1-ubyte", np.where(labels == 9, 4, labels), 2049)
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "model=classic", f"data.dir={folder}", "data.val_size=200",
+                     "trainer.epochs=1", "report.plots=[confusion]", "trainer.device=cpu",
+                     f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
     never = files.read_json(run_dir / "summary.json")["test/never_predicted"]
+    assert "9" in never
     page = (run_dir / "report.html").read_text()
     for name in never:
         assert f"Class {name} is never predicted" in page
-    if never:
-        assert "never predicted on the test set" in result.stdout + result.stderr
+    assert "never predicted on the test set" in result.stdout + result.stderr
 
 
 def test_evaluate_rebuilds_the_same_confusion_csv(trained):
@@ -140,6 +157,34 @@ def test_evaluate_rebuilds_the_same_confusion_csv(trained):
     evaluation = files.read_json(run_dir / "evaluation.json")
     assert evaluation["test/macro_f1"] == files.read_json(run_dir / "summary.json")[
         "test/macro_f1"]
+
+
+def test_grouped_classes_survive_the_csv_round_trip(synthetic_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
+                     "data.limit=300", "trainer.epochs=1", "report.enabled=false",
+                     f"data.classes={GROUPS}", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    names = ["{0,6}", "{1,7}", "{2,3,5,8}", "{4,9}"]
+    tables = {name: read_csv(run_dir / name) for name in
+              ("confusion.csv", "classification.csv", "predictions.csv")}
+    for name, rows in tables.items():
+        assert all(len(row) == len(rows[0]) for row in rows), name
+    confusion = tables["confusion.csv"]
+    assert confusion[0] == ["true\\pred", *names] and [r[0] for r in confusion[1:]] == names
+    assert sum(int(v) for row in confusion[1:] for v in row[1:]) == 500
+    assert [r[0] for r in tables["classification.csv"][1:]] == [*names, "macro avg",
+                                                                 "weighted avg"]
+    predictions = tables["predictions.csv"]
+    assert predictions[0] == ["index", "label", "pred", "confidence"] and len(predictions) == 501
+    assert {int(r[1]) for r in predictions[1:]} == {0, 1, 2, 3}
+    # model.pt alone is enough to use the model: class names and normalisation travel with it.
+    ckpt = torch.load(run_dir / "model.pt", weights_only=True)
+    assert ckpt["class_names"] == names
+    assert 0 < ckpt["mean"] < 1 and 0 < ckpt["std"] < 1
+    model = models.build(saved_config(ckpt["config"]).model, len(ckpt["class_names"]))
+    model.load_state_dict(ckpt["model"])
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 4)
 
 
 # ----------------------------------------------------------------------------- in-process
@@ -267,6 +312,34 @@ def test_a_class_never_predicted_is_called_out(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         log_class_findings(keys)
     assert "class 7 is never predicted" in caplog.text
+
+
+def test_a_run_without_mistakes_skips_the_error_gallery_with_a_note(tmp_path):
+    data = synthetic_data()
+    _, page = write(tmp_path, ["model=tiny", "report.plots=[errors,correct]"], data=data,
+                    preds=data.test.labels.numpy())
+    assert not (tmp_path / "plots" / "errors.png").exists()
+    assert "plots/errors.png skipped: no misclassified test image" in page
+    assert (tmp_path / "plots" / "correct.png").is_file()
+
+
+@pytest.mark.parametrize("index", [0, 17])
+def test_sample_index_picks_the_feature_map_digit(index):
+    view = view_of(["model=tiny", f"report.sample_index={index}"])
+    fig = report.FIGURES["feature_maps"](view)
+    label = view.data.class_names[view.predictions.labels[index]]
+    assert f"feature maps of test image {index} (true {label}," in fig.get_suptitle()
+    drawn = np.asarray(fig.axes[0].images[0].get_array())[:28, :28]  # the input row
+    image = view.data.test.images[index, 0].numpy().astype(float)
+    np.testing.assert_allclose(drawn, plots.mosaic(image[None], cols=1))
+
+
+def test_sample_index_beyond_the_test_set_is_skipped_with_a_note(tmp_path):
+    _, page = write(tmp_path, ["model=tiny", "report.plots=[feature_maps]",
+                               "report.sample_index=60"])
+    assert "plots/feature_maps.png skipped: report.sample_index=60 is beyond the test set" in page
+    with pytest.raises(UserError, match="report.sample_index=-1 is out of range"):
+        report.check_settings(compose_config(["report.sample_index=-1"]).report)
 
 
 def test_report_disabled_writes_only_the_tables(tmp_path):

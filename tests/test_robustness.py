@@ -3,22 +3,30 @@ untrusted checkpoints."""
 
 from __future__ import annotations
 
+import csv
+import fcntl
 import json
 import os
 import pickle
+import pty
+import re
+import select
+import shlex
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
 import torch
 from conftest import ROOT, make_dataset, run_cli
 
-from mnistcnn import files
+from mnistcnn import engine, files
 from mnistcnn.cli import compose_config
 from mnistcnn.errors import UserError
-from mnistcnn.run import train_run
+from mnistcnn.run import StopOnSignal, train_run
 
 TIMINGS = {"started", "finished", "train_time_s", "data_load_s", "report_time_s",
            "epoch_time_s"}
@@ -35,40 +43,91 @@ def run_files(run_dir):
 
 @pytest.fixture(scope="module")
 def bigger_dir(tmp_path_factory):
-    """Enough synthetic images that an epoch lasts long enough to be killed inside."""
+    """Enough synthetic images that an epoch lasts long enough to be stopped inside."""
     return make_dataset(tmp_path_factory.mktemp("bigger"), n_train=6000, n_test=300)
 
 
-def train_args(data_dir, run_dir):
+def train_args(data_dir, run_dir, *overrides):
+    # On the CPU: resumed metrics must equal uninterrupted ones bit for bit.
     return ["train", "model=classic", f"data.dir={data_dir}", "data.val_size=300",
-            "trainer.epochs=3", "report.enabled=false", f"hydra.run.dir={run_dir}"]
+            "trainer.epochs=2", "trainer.device=cpu", "report.enabled=false",
+            f"hydra.run.dir={run_dir}", *overrides]
 
 
-def start(args):
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.Popen([sys.executable, "-m", "mnistcnn", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+# The progress bar a terminal gets: "epoch 2/2:  31%|###   | 28/90 [...]".
+PROGRESS = re.compile(r"epoch (\d+)/\d+:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 
 
-def wait_for_epochs(run_dir, n, proc, timeout=240):
-    deadline = time.time() + timeout
+class Watched:
+    """`python -m mnistcnn ARGS` with a terminal for stderr, so it draws its per-epoch
+    progress bar: reading the bar tells the test which epoch is in flight, and how far."""
+
+    def __init__(self, args, log_path):
+        master, terminal = pty.openpty()
+        # A terminal 0 columns wide gets no bar drawn.
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "mnistcnn", *args], cwd=ROOT,
+                                         env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=terminal)
+        os.close(terminal)
+        self.master, self.text, self.log_path = master, "", log_path
+
+    def read(self, timeout: float = 0.05) -> bool:
+        if not select.select([self.master], [], [], timeout)[0]:
+            return False
+        try:
+            chunk = os.read(self.master, 1 << 16)
+        except OSError:  # EIO: the process has closed the terminal
+            chunk = b""
+        self.text += chunk.decode(errors="replace")
+        return bool(chunk)
+
+    def wait_inside_epoch(self, epoch: int, after=lambda: True, timeout: float = 300) -> int:
+        """Wait until `after()` holds and then the bar shows batches of `epoch` done, with
+        more to go; returns how many were done."""
+        deadline, start = time.time() + timeout, None
+        while time.time() < deadline:
+            got = self.read()
+            if start is None and after():
+                while self.read(0):  # output from before the condition held
+                    pass
+                start = len(self.text)
+            for m in PROGRESS.finditer(self.text, start or 0) if start is not None else ():
+                seen, done, total = map(int, m.groups())
+                if seen == epoch and 0 < done < total:
+                    return done
+            if self.proc.poll() is not None and not got:
+                break
+        self.proc.kill()
+        raise AssertionError(f"epoch {epoch} never seen in flight; stdout:\n"
+                             f"{self.log_path.read_text()[-2000:]}\nterminal:\n"
+                             f"{self.text[-1000:]}")
+
+    def stop(self, signum: int) -> int:
+        self.proc.send_signal(signum)
+        while self.read(0.2) or self.proc.poll() is None:  # drain, so the bar never blocks
+            pass
+        os.close(self.master)
+        return self.proc.returncode
+
+
+def epochs_written(run_dir) -> int:
     path = run_dir / "metrics.jsonl"
-    while time.time() < deadline and proc.poll() is None:
-        if path.exists() and len(path.read_text().splitlines()) >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no {n} epochs before the process ended: {proc.communicate()}")
+    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(bigger_dir, tmp_path):
     reference = tmp_path / "reference"
     assert run_cli(*train_args(bigger_dir, reference)).returncode == 0
     killed = tmp_path / "killed"
-    proc = start(train_args(bigger_dir, killed))
-    wait_for_epochs(killed, 1, proc)
-    time.sleep(0.3)  # into epoch 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    watched = Watched(train_args(bigger_dir, killed), tmp_path / "stdout.log")
+    watched.wait_inside_epoch(2)
+    assert watched.stop(signal.SIGKILL) == -signal.SIGKILL
+    # Killed inside epoch 2: its record was never written, the checkpoint is epoch 1's.
+    assert epochs_written(killed) == 1
+    assert torch.load(killed / "last.pt", weights_only=True)["epoch"] == 1
     assert json.loads((killed / "summary.json").read_text())["status"] == "running"
     result = run_cli("train", f"resume={killed}")
     assert result.returncode == 0, result.stderr
@@ -77,21 +136,48 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(bigger_dir, t
     assert not (killed / "last.pt").exists()  # model.pt has the final weights
 
 
-def test_sigterm_stops_after_the_batch_then_resume_completes(bigger_dir, tmp_path):
+def test_ctrl_c_stops_after_the_batch_in_flight_with_exit_130(bigger_dir, tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(train_args(bigger_dir, run_dir))
-    wait_for_epochs(run_dir, 1, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    watched = Watched(train_args(bigger_dir, run_dir), tmp_path / "stdout.log")
+    done = watched.wait_inside_epoch(1)
+    assert watched.stop(signal.SIGINT) == 130
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["epoch"] >= 2
-    state = torch.load(run_dir / "last.pt", weights_only=True)
-    assert state["epoch"] >= 1
-    result = run_cli("train", f"resume={run_dir}")
+    assert summary["status"] == "interrupted" and summary["epoch"] == 1
+    assert summary["batch"] >= done - 1 and summary["error"].startswith(
+        f"interrupted in epoch 1 after batch {summary['batch']}")
+    assert "SIGINT: stopping after this batch" in (tmp_path / "stdout.log").read_text()
+    assert epochs_written(run_dir) == 0 and not (run_dir / "model.pt").exists()
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    with StopOnSignal() as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handler runs here, in the main thread
+        assert stop() and stop.signum == signal.SIGINT  # the loop ends after its batch
+        with pytest.raises(engine.Interrupted, match="interrupted at once") as second:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        assert second.value.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_sigterm_records_the_resume_command_and_it_completes_the_run(bigger_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    watched = Watched(train_args(bigger_dir, run_dir), tmp_path / "stdout.log")
+    watched.wait_inside_epoch(2)
+    assert watched.stop(signal.SIGTERM) == 143
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epoch"] == 2
+    assert summary["resume"] == f"python -m mnistcnn train resume={run_dir}"
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 1
+    _python, _m, _module, *args = shlex.split(summary["resume"])
+    result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
-    again = run_cli("train", f"resume={run_dir}")
+    assert epochs_written(run_dir) == 2
+    again = run_cli(*args)
     assert again.returncode == 0 and "already completed" in again.stdout
 
 
@@ -147,19 +233,30 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(synthetic_dir, tmp_pa
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_sweep_resume_skips_completed_and_finishes_the_rest(synthetic_dir, tmp_path):
+def test_sweep_resume_skips_completed_and_continues_the_interrupted_job(bigger_dir, tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["train", "-m", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
-            "trainer.epochs=1", "report.enabled=false", "seed=0,1", f"hydra.sweep.dir={sweep}"]
-    assert run_cli(*args).returncode == 0
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    first = json.loads((jobs[0] / "summary.json").read_text())
-    # Make the second job look killed before it finished.
-    (jobs[1] / "summary.json").write_text(json.dumps({"status": "running"}))
-    (jobs[1] / "model.pt").unlink()
+    args = ["train", "-m", *train_args(bigger_dir, tmp_path / "unused")[1:], "seed=0,1",
+            f"hydra.sweep.dir={sweep}"]
+    watched = Watched(args, tmp_path / "stdout.log")
+
+    def second_job_finished_epoch_1():
+        return any(epochs_written(job) == 1 for job in sweep.glob("1_*"))
+
+    watched.wait_inside_epoch(2, after=second_job_finished_epoch_1)
+    watched.stop(signal.SIGKILL)
+    first, second = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert json.loads((first / "summary.json").read_text())["status"] == "completed"
+    assert epochs_written(second) == 1  # killed inside its epoch 2, after the checkpoint
+    assert torch.load(second / "last.pt", weights_only=True)["epoch"] == 1
+    assert not (sweep / "comparison.md").exists()
+    completed = json.loads((first / "summary.json").read_text())
+
     result = run_cli(*args, "resume=true")
     assert result.returncode == 0, result.stderr
-    assert "already completed" in result.stdout
-    assert json.loads((jobs[0] / "summary.json").read_text()) == first  # untouched
-    assert json.loads((jobs[1] / "summary.json").read_text())["status"] == "completed"
-    assert (sweep / "comparison.md").exists()
+    assert "already completed" in result.stdout and "resuming" in result.stdout
+    assert json.loads((first / "summary.json").read_text()) == completed  # untouched
+    rows = list(csv.DictReader((sweep / "comparison.csv").open()))
+    assert [(r["status"], r["n"], r["seeds"]) for r in rows] == [("completed", "2", "0 1")]
+    reference = tmp_path / "reference"
+    assert run_cli(*train_args(bigger_dir, reference, "seed=1")).returncode == 0
+    assert run_files(second) == run_files(reference)

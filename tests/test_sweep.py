@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
+import yaml
 from conftest import ROOT, run_cli
+from omegaconf import OmegaConf
 
 from mnistcnn.__main__ import main
 from mnistcnn.cli import compose_config, precheck
-from mnistcnn.compare import OUTPUT_FILES
 from mnistcnn.errors import UserError
 
+# The README's list of what a multirun writes into its sweep folder.
+OUTPUT_FILES = ["comparison.md", "comparison.csv", "comparison.html", "curves_acc.png",
+                "curves_loss.png", "test_acc.png"]
 # The cheapest study model, one epoch on 500 images, no per-run report: about a second a job.
 FAST = ["model=classic", "data.val_size=200", "data.limit=500", "trainer.epochs=1",
         "report.enabled=false"]
@@ -125,6 +130,17 @@ def test_a_failed_job_is_a_row_and_the_sweep_exits_non_zero(buggy):
     assert "Traceback" in log and "RuntimeError" in log  # the bug keeps its traceback
 
 
+def test_a_diverged_job_lets_the_others_finish(synthetic_dir, tmp_path):
+    result = sweep(tmp_path, synthetic_dir, "optim=sgd", "model.dropout=0",
+                   "optim.lr=1e12,0.01")
+    assert result.returncode == 1
+    rows = {r["optim.lr"]: r for r in table(tmp_path)}
+    assert rows["1e12"]["status"] == "diverged" and "non-finite loss" in rows["1e12"]["error"]
+    assert rows["0.01"]["status"] == "completed" and float(rows["0.01"]["test/acc_mean"]) > 0.1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 2 jobs did not complete: 0_") and "diverged" in last
+
+
 def needs_plugin(name: str) -> None:
     """`make test` installs the sweep extra; a bare `pip install -e .[dev]` skips these."""
     pytest.importorskip(f"hydra_plugins.{name}", reason="pip install -e '.[sweep]'")
@@ -153,8 +169,14 @@ def test_optuna_sweeper_maximises_validation_accuracy(synthetic_dir, tmp_path):
                    "hydra.sweeper.direction=maximize", "hydra.sweeper.sampler.seed=0",
                    "optim.lr=interval(0.0005,0.005)")
     assert result.returncode == 0, result.stderr
-    assert "best_value" in (tmp_path / "optimization_results.yaml").read_text()
     assert len(table(tmp_path)) == 2 and list(table(tmp_path)[0])[0] == "optim.lr"
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    jobs = [(json.loads((job / "summary.json").read_text())["final/val/acc"],
+             OmegaConf.load(job / ".hydra" / "config.yaml").optim.lr)
+            for job in tmp_path.iterdir() if (job / "summary.json").is_file()]
+    best_val_acc, best_lr = max(jobs)
+    assert len(jobs) == 2 and results["best_value"] == pytest.approx(best_val_acc)
+    assert results["best_params"]["optim.lr"] == pytest.approx(best_lr)
 
 
 def test_optuna_refuses_to_minimise_accuracy():
