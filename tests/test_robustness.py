@@ -47,6 +47,15 @@ def bigger_dir(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("bigger"), n_train=6000, n_test=300)
 
 
+@pytest.fixture(scope="module")
+def reference(bigger_dir, tmp_path_factory):
+    """An uninterrupted run of train_args (seed 0) for interrupted ones to be held against."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    result = run_cli(*train_args(bigger_dir, run_dir))
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
 def train_args(data_dir, run_dir, *overrides):
     # On the CPU: resumed metrics must equal uninterrupted ones bit for bit.
     return ["train", "model=classic", f"data.dir={data_dir}", "data.val_size=300",
@@ -118,9 +127,8 @@ def epochs_written(run_dir) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(bigger_dir, tmp_path):
-    reference = tmp_path / "reference"
-    assert run_cli(*train_args(bigger_dir, reference)).returncode == 0
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(bigger_dir, reference,
+                                                                   tmp_path):
     killed = tmp_path / "killed"
     watched = Watched(train_args(bigger_dir, killed), tmp_path / "stdout.log")
     watched.wait_inside_epoch(2)
@@ -233,9 +241,11 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(synthetic_dir, tmp_pa
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_sweep_resume_skips_completed_and_continues_the_interrupted_job(bigger_dir, tmp_path):
+def test_sweep_resume_skips_completed_and_continues_the_interrupted_job(bigger_dir, reference,
+                                                                       tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["train", "-m", *train_args(bigger_dir, tmp_path / "unused")[1:], "seed=0,1",
+    # Seed 0 runs second, so the job interrupted is the reference run's configuration.
+    args = ["train", "-m", *train_args(bigger_dir, tmp_path / "unused")[1:], "seed=1,0",
             f"hydra.sweep.dir={sweep}"]
     watched = Watched(args, tmp_path / "stdout.log")
 
@@ -256,7 +266,5 @@ def test_sweep_resume_skips_completed_and_continues_the_interrupted_job(bigger_d
     assert "already completed" in result.stdout and "resuming" in result.stdout
     assert json.loads((first / "summary.json").read_text()) == completed  # untouched
     rows = list(csv.DictReader((sweep / "comparison.csv").open()))
-    assert [(r["status"], r["n"], r["seeds"]) for r in rows] == [("completed", "2", "0 1")]
-    reference = tmp_path / "reference"
-    assert run_cli(*train_args(bigger_dir, reference, "seed=1")).returncode == 0
+    assert [(r["status"], r["n"], r["seeds"]) for r in rows] == [("completed", "2", "1 0")]
     assert run_files(second) == run_files(reference)
