@@ -264,10 +264,21 @@ def sort_rows(rows: Sequence[Row]) -> list[Row]:
 
 
 # ----------------------------------------------------------------------------- notes
+def ranked_rows(rows: Sequence[Row]) -> list[tuple[Row, Stat]]:
+    """Completed configurations with their test accuracy, best first."""
+    return [(r, r.stat("test/acc")) for r in rows if r.completed and r.stat("test/acc")]
+
+
+def exceeds_spread(a: Stat, b: Stat) -> bool:
+    """Whether the gap between two means is larger than the sum of their seed spreads
+    (so that the mean ± std intervals do not overlap)."""
+    return abs(a.mean - b.mean) >= (a.std or 0) + (b.std or 0)
+
+
 def gap_note(rows: Sequence[Row]) -> str | None:
     """Whether the best configuration's lead over the runner-up exceeds their seed spread
     (the mean ± std intervals of the two overlap when it does not)."""
-    ranked = [(r, r.stat("test/acc")) for r in rows if r.completed and r.stat("test/acc")]
+    ranked = ranked_rows(rows)
     if len(ranked) < 2:
         return None
     (best, a), (second, b) = ranked[:2]
@@ -277,7 +288,7 @@ def gap_note(rows: Sequence[Row]) -> str | None:
                 f"points of test accuracy, but single runs show no seed spread: repeat the "
                 f"sweep with seed=0,1,2 before drawing a conclusion.")
     spread = f"± {100 * a.std:.2f} and ± {100 * b.std:.2f}"
-    if gap < 100 * (a.std + b.std):
+    if not exceeds_spread(a, b):
         return (f"The gap between the best ({best.label}) and the runner-up ({second.label}), "
                 f"{gap:.2f} points of test accuracy, is smaller than their seed spread "
                 f"({spread}): the ranking may change with other seeds.")
@@ -417,12 +428,13 @@ def epoch_sections(comp: Comparison) -> list[tuple[str, tuple]]:
 
 
 def markdown_section(comp: Comparison, out_dir: Path, level: int = 2, image_dir: str = "",
-                     per_epoch: bool = True) -> str:
+                     per_epoch: bool = True, more_notes: Sequence[str] = ()) -> str:
     """The comparison as markdown below a heading of the given level (the caller's): the
-    table, the notes, the figures (image_dir/NAME.png, relative to the markdown file), the
-    per-epoch tables when per_epoch, and the runs."""
+    table, the notes (then more_notes), the figures (image_dir/NAME.png, relative to the
+    markdown file), the per-epoch tables when per_epoch, and the runs."""
     sub = "#" * level
-    parts = [intro(comp), md_table(*main_table(comp)), "\n".join(f"- {n}" for n in comp.notes)]
+    parts = [intro(comp), md_table(*main_table(comp)),
+             "\n".join(f"- {n}" for n in [*comp.notes, *more_notes])]
     parts += [f"![{FIGURE_TITLES[name]}]({image_dir}{name})" for name in FIGURE_NAMES]
     if per_epoch:
         for title, table in epoch_sections(comp):
@@ -432,10 +444,11 @@ def markdown_section(comp: Comparison, out_dir: Path, level: int = 2, image_dir:
 
 
 def html_section(comp: Comparison, out_dir: Path, images: dict[str, bytes], level: int = 2,
-                 per_epoch: bool = True) -> str:
+                 per_epoch: bool = True, more_notes: Sequence[str] = ()) -> str:
     """markdown_section's HTML twin, with the figures (PNG bytes by file name) embedded."""
     parts = [f"<p>{pages.esc(intro(comp))}</p>", pages.html_table(*main_table(comp)),
-             "<ul>" + "".join(f"<li>{pages.esc(n)}</li>" for n in comp.notes) + "</ul>",
+             "<ul>" + "".join(f"<li>{pages.esc(n)}</li>"
+                              for n in [*comp.notes, *more_notes]) + "</ul>",
              pages.figure_row([pages.embedded_figure(images[name], name)
                                for name in FIGURE_NAMES if name in images])]
     if per_epoch:
@@ -479,7 +492,9 @@ def curves_figure(comp: Comparison, quantity: str) -> Figure:
     """Train and validation curves of every configuration: mean line, ± std band."""
     kind = "acc" if quantity == "acc" else "loss"
     rows = [r for r in comp.rows if r.completed]
-    splits = [s for s in ("train", "val") if any(r.curve(f"{s}/{quantity}") for r in rows)]
+    # One empty panel when no run completed: the figure still says what it would show.
+    splits = [s for s in ("train", "val")
+              if any(r.curve(f"{s}/{quantity}") for r in rows)] or ["train"]
     name = "accuracy" if kind == "acc" else "loss"
     width = 5.2 * len(splits) + 0.6
     fig, axes = _figure(width, 4.6, f"{name.capitalize()} per epoch (mean ± std over seeds)",
@@ -526,7 +541,7 @@ def _legend_columns(labels: Sequence[str], width_in: float) -> int:
 def test_acc_figure(comp: Comparison) -> Figure:
     """Horizontal bars, best on top, ± std error bars and one dot per seed. The axis is
     zoomed to the data: MNIST accuracies differ in tenths of a point near 99%."""
-    ranked = [(r, r.stat("test/acc")) for r in comp.rows if r.completed and r.stat("test/acc")]
+    ranked = ranked_rows(comp.rows)
     fig, (ax,) = _figure(8.0, 1.2 + 0.55 * max(len(ranked), 1),
                          "Test accuracy (mean ± std over seeds; dots are single runs)")
     y = list(range(len(ranked)))[::-1]

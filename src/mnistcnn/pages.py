@@ -62,14 +62,16 @@ def md_table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
 
 
 def html_table(header: Sequence[str], body: Sequence[Sequence[Any]],
-               row_classes: Sequence[str] | None = None) -> str:
-    """An HTML table; row_classes (one CSS class per row, "" for none) marks rows."""
+               row_classes: Sequence[str] | None = None, css_class: str = "") -> str:
+    """An HTML table; row_classes (one CSS class per row, "" for none) marks rows;
+    css_class="text" left-aligns and wraps every cell (tables of sentences)."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     classes = row_classes or [""] * len(body)
     rows = "".join((f'<tr class="{kind}">' if kind else "<tr>")
                    + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>"
                    for kind, cells in zip(classes, body, strict=True))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    table = f'<table class="{css_class}">' if css_class else "<table>"
+    return f"{table}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 # ----------------------------------------------------------------------------- pages
@@ -90,7 +92,7 @@ figcaption { color: #777; font-size: 12px; font-family: monospace; }
 table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
 th, td { padding: 3px 10px; border-bottom: 1px solid #e6e6e6; text-align: right; }
 th { background: #f6f6f6; } td:first-child, th:first-child { text-align: left; }
-td.text, table.text td { text-align: left; white-space: normal; }
+table.text td { text-align: left; vertical-align: top; }
 tr.avg td { font-weight: bold; } tr.never td { background: #fde8e8; }
 tr.worst td { background: #fff4d6; } tr.failed td { background: #fde8e8; }
 pre, code { background: #f6f6f6; font-size: 13px; }
