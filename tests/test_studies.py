@@ -161,7 +161,7 @@ def test_book_writes_findings_sections_and_the_machine(book_dir):
     assert "different class sets (4 classes: variant=tiny_4classes; 10 classes: " in tiny
     assert "| {2,3,5,8} |" in tiny
     machine = md.split("## Machine and time")[1]
-    assert "| machine | test box |" in machine and "| total wall time | 1m13s |" in machine
+    assert "| machine | test box |" in machine and "| wall time, all studies | 1m13s |" in machine
     assert "| wall time: pooling | 1m01s |" in machine and "| device | cpu |" in machine
     assert "| command | python -m mnistcnn studies pooling neurons tiny |" in machine
 

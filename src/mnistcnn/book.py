@@ -269,7 +269,7 @@ def machine_rows(book: Book) -> list[list[str]]:
     rows = [["machine", machine], ["host", seen("host")], ["device", seen("device")],
             ["torch", seen("torch")]]
     walls = book.record.get("wall_s", {})
-    rows.append(["total wall time", duration(sum(walls.values())) if walls else ABSENT])
+    rows.append(["wall time, all studies", duration(sum(walls.values())) if walls else ABSENT])
     rows += [[f"wall time: {s.name}", duration(s.wall_s) if s.wall_s is not None else ABSENT]
              for s in book.studies]
     for command in book.record.get("commands", []):

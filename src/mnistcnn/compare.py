@@ -446,8 +446,8 @@ def markdown_section(comp: Comparison, out_dir: Path, level: int = 2, image_dir:
 def html_section(comp: Comparison, out_dir: Path, images: dict[str, bytes], level: int = 2,
                  per_epoch: bool = True, more_notes: Sequence[str] = ()) -> str:
     """markdown_section's HTML twin, with the figures (PNG bytes by file name) embedded."""
-    parts = [f"<p>{pages.esc(intro(comp))}</p>", pages.html_table(*main_table(comp)),
-             "<ul>" + "".join(f"<li>{pages.esc(n)}</li>"
+    parts = [f"<p>{pages.prose(intro(comp))}</p>", pages.html_table(*main_table(comp)),
+             "<ul>" + "".join(f"<li>{pages.prose(n)}</li>"
                               for n in [*comp.notes, *more_notes]) + "</ul>",
              pages.figure_row([pages.embedded_figure(images[name], name)
                                for name in FIGURE_NAMES if name in images])]
@@ -509,6 +509,8 @@ def curves_figure(comp: Comparison, quantity: str) -> Figure:
         # Whole epochs only: a tick at 1.5 epochs reads as a measurement that was never made.
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.margins(x=0.05 if ax.get_xlim()[1] - ax.get_xlim()[0] >= 1 else 1)
+        # Plain tick values: arms 0.01 points apart would otherwise get "+4.674e1" offsets.
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
     # One legend below both panels: it names the swept values and never hides a curve.
     handles, labels = axes[0].get_legend_handles_labels()

@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,11 @@ def esc(text: Any) -> str:
     return html.escape(str(text))
 
 
+def prose(text: str) -> str:
+    """A sentence written for markdown as HTML: escaped, `code` spans kept as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(text))
+
+
 # ----------------------------------------------------------------------------- tables
 def md_table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
     def line(cells):
@@ -90,9 +96,11 @@ h1 { font-size: 24px; margin: 8px 0 2px; } h2 { font-size: 19px; margin: 34px 0 
 figure { margin: 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #777; font-size: 12px; font-family: monospace; }
 table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
+/* A table wider than the page (long run folders, many arms) scrolls on its own. */
+table { display: block; max-width: 100%; overflow-x: auto; }
 th, td { padding: 3px 10px; border-bottom: 1px solid #e6e6e6; text-align: right; }
 th { background: #f6f6f6; } td:first-child, th:first-child { text-align: left; }
-table.text td { text-align: left; vertical-align: top; }
+table.text td, table.text th { text-align: left; vertical-align: top; }
 tr.avg td { font-weight: bold; } tr.never td { background: #fde8e8; }
 tr.worst td { background: #fff4d6; } tr.failed td { background: #fde8e8; }
 pre, code { background: #f6f6f6; font-size: 13px; }

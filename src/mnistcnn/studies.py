@@ -15,6 +15,7 @@ import importlib.util
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -85,12 +86,16 @@ def study_overrides(name: str, out: Path, opts: argparse.Namespace,
     return extra + overrides
 
 
-def count_ended(folder: Path, statuses: tuple[str, ...] = ENDED) -> int:
-    """Runs of a sweep folder whose summary.json status is one of statuses."""
+def count_ended(folder: Path, since: float) -> int:
+    """Runs of a sweep folder that have ended, from their summary.json: every completed
+    one, and those that failed, diverged or were interrupted at or after `since` (a
+    time.time()); older ones are about to run again in a resumed book."""
     ended = 0
     for path in folder.glob("*/summary.json"):
         try:
-            ended += files.read_json(path).get("status") in statuses
+            status = files.read_json(path).get("status")
+            ended += status == "completed" or (status in ENDED and
+                                               path.stat().st_mtime >= since)
         except (OSError, ValueError, UserError):
             pass  # being written: counted on the next poll
     return ended
@@ -118,27 +123,35 @@ class Progress:
 
 
 def run_study(overrides: list[str], log_path: Path, folder: Path, progress: Progress,
-              done_elsewhere: int) -> int:
-    """One `train -m` in a child process; returns its exit code."""
+              done_elsewhere: int) -> tuple[int, int | None]:
+    """One `train -m` in a child process: (its exit code, the signal that stopped the book
+    or None). SIGINT and SIGTERM are passed on to the child, which stops after the batch in
+    flight and records its run as interrupted; the book stops once the child has."""
     command = [sys.executable, "-m", "mnistcnn", "train", "-m", *overrides]
+    stopped: list[int] = []
+    start = time.time()
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(command)}\n")
         log.flush()
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+        def forward(signum: int, _frame) -> None:
+            stopped.append(signum)
+            child.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while True:
                 try:
                     code = child.wait(timeout=POLL_S)
                 except subprocess.TimeoutExpired:
-                    progress.update(done_elsewhere + count_ended(folder))
+                    progress.update(done_elsewhere + count_ended(folder, start))
                     continue
-                progress.update(done_elsewhere + count_ended(folder))
-                return code
-        except KeyboardInterrupt:
-            # The child got the same Ctrl-C (one process group): it stops after its batch
-            # and records the run as interrupted. Wait for that, then stop the book.
-            child.wait()
-            raise
+                progress.update(done_elsewhere + count_ended(folder, start))
+                return code, (stopped[0] if stopped else None)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def machine() -> str:
@@ -179,7 +192,8 @@ def run_studies(args: list[str]) -> None:
     files.write_json(record_path, record)
 
     # A resumed book reruns every run that did not complete; those that did are done.
-    done = {n: count_ended(out / n, ("completed",)) for n in names}
+    now = time.time()
+    done = {n: count_ended(out / n, since=now) for n in names}  # the completed ones
     total = sum(totals.values())
     progress = Progress(total, sum(done.values()))
     print(f"{len(names)} studies, {total} runs -> {out}/", file=sys.stderr, flush=True)
@@ -189,17 +203,18 @@ def run_studies(args: list[str]) -> None:
                               *(a for a in args if a != "--resume"),
                               *([] if opts.out else ["--out", str(out)]), "--resume"])
     for name in names:
-        t0 = time.monotonic()
+        t0, started_at = time.monotonic(), time.time()
         elsewhere = sum(done.values()) - done[name]
-        try:
-            code = run_study(per_study[name], out / f"{name}.log", out / name, progress,
-                             elsewhere)
-        except KeyboardInterrupt:
-            print(f"interrupted; continue with: {resume_hint}", file=sys.stderr)
-            raise
-        done[name] = count_ended(out / name)
+        code, signum = run_study(per_study[name], out / f"{name}.log", out / name, progress,
+                                 elsewhere)
         record["wall_s"][name] = round(record["wall_s"].get(name, 0) + time.monotonic() - t0, 1)
         files.write_json(record_path, record)
+        if signum is not None:
+            print(f"interrupted; continue with: {resume_hint}", file=sys.stderr)
+            stop = KeyboardInterrupt()
+            stop.signum = signum  # __main__ exits with 128 + signum
+            raise stop
+        done[name] = count_ended(out / name, since=started_at)
         if code != 0:
             failed_studies.append(name)
             print(f"study {name} exited with {code}; see {out / name}.log", file=sys.stderr,
