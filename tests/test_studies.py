@@ -12,7 +12,8 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli
 
-from mnistcnn import book, compare
+from mnistcnn import book, compare, studies
+from mnistcnn.errors import UserError
 
 DIGITS = [str(d) for d in range(10)]
 GROUPS = {0: [0, 6], 1: [1, 7], 2: [2, 3, 5, 8], 3: [4, 9]}
@@ -194,6 +195,30 @@ def test_a_typo_in_an_override_stops_before_any_folder(tmp_path):
     result = run_cli("studies", "pooling", "trainer.epoks=2", "--out", str(tmp_path / "b"))
     assert result.returncode == 2 and "trainer.epoks" in result.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_option_mistakes_are_user_errors(monkeypatch):
+    with pytest.raises(UserError, match="--resume continues a book: name its folder"):
+        studies.check(studies.parse(["pooling", "--resume"]))
+    monkeypatch.setattr(studies.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"--jobs needs Hydra's joblib launcher; install it"):
+        studies.check(studies.parse(["--jobs", "2"]))
+    names, overrides = studies.check(studies.parse(["tiny", "seed=0", "--quick", "pooling"]))
+    assert names == ["tiny", "pooling"] and overrides == ["seed=0"]
+    assert studies.check(studies.parse([]))[0] == list(book.QUESTIONS)
+
+
+def test_book_runs_skip_reports_unless_asked(tmp_path):
+    def args(*extra):
+        opts = studies.parse(["pooling", *extra])
+        return studies.study_overrides("pooling", tmp_path, opts, studies.check(opts)[1])
+
+    assert args()[:3] == ["+experiment=pooling", f"hydra.sweep.dir={tmp_path / 'pooling'}",
+                          "report.enabled=false"]
+    assert "report.enabled=false" not in args("--reports")
+    assert args("report.plots=[loss]")[-1] == "report.plots=[loss]"
+    assert "report.enabled=false" not in args("report.plots=[loss]")
+    assert {"quick=on", "resume=true"} <= set(args("--quick", "--resume", "--out", "x"))
 
 
 @pytest.fixture(scope="module")

@@ -168,14 +168,14 @@ def protocol(comp: Comparison) -> list[tuple[str, str]]:
         seen = dict.fromkeys(compare.show_value(r.config.get(key)) for r in comp.runs)
         return " / ".join(seen)
 
-    def shown(what: str, keys: Sequence[str]) -> str:
+    def shown(keys: Sequence[str]) -> str:
         if len(keys) == 1:
             return values(keys[0])
         # Unset keys (null in every run: no resplit, no limit, all classes) say nothing.
         return ", ".join(f"{key.split('.')[-1]}={values(key)}" for key in keys
                          if values(key) != "null") or "as the data set comes"
 
-    rows = [(what, shown(what, keys)) for what, keys in PROTOCOL]
+    rows = [(what, shown(keys)) for what, keys in PROTOCOL]
     seeds = sorted({r.seed for r in comp.runs}, key=str)
     rows.append(("seeds", f"{', '.join(map(str, seeds))} ({len(seeds)} per arm)"))
     return rows
