@@ -6,6 +6,7 @@ import argparse
 import itertools
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -44,28 +45,37 @@ def precheck(overrides: list[str], multirun: bool) -> None:
     nothing: no folder, no training. A sweep is checked job by job when it is small."""
     jobs = [overrides]
     if multirun:
-        sweeper = sweeper_config(overrides)
-        check_objective(sweeper)
-        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-        parsed = OverridesParser.create().parse_overrides(params + overrides)
-        # One override per key, the command line's where both set it (as Hydra's sweeper).
-        parsed = list({o.get_key_element(): o for o in parsed}.values())
-        choices = []
-        for o in parsed:
-            if not o.is_sweep_override():
-                choices.append([o.input_line])
-                continue
-            try:
-                values = list(o.sweep_string_iterator())
-            except Exception:  # glob/interval sweeps: left to each job
-                return
-            # A seed never makes a config invalid: checking one keeps seed sweeps cheap.
-            values = values[:1] if o.get_key_element() == "seed" else values
-            choices.append([f"{o.get_key_element()}={v}" for v in values])
-        jobs = [list(j) for j in itertools.islice(itertools.product(*choices),
-                                                  MAX_PRECHECKED_JOBS)]
+        jobs = sweep_jobs(overrides, one_seed=True)
+        if jobs is None:  # glob/interval sweeps: left to each job
+            return
+        jobs = list(itertools.islice(jobs, MAX_PRECHECKED_JOBS))
     for job in jobs:
         check_config(compose_config(job))
+
+
+def sweep_jobs(overrides: list[str], one_seed: bool = False) -> Iterator[list[str]] | None:
+    """The override list of every job of `train -m OVERRIDES` (the preset's sweep and the
+    command line's, as Hydra's basic sweeper combines them), or None where a sweep cannot
+    be listed (glob, interval). one_seed: only the first seed, since a seed never makes a
+    config invalid and checking one keeps seed sweeps cheap."""
+    sweeper = sweeper_config(overrides)
+    check_objective(sweeper)
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(params + overrides)
+    # One override per key, the command line's where both set it (as Hydra's sweeper).
+    parsed = list({o.get_key_element(): o for o in parsed}.values())
+    choices = []
+    for o in parsed:
+        if not o.is_sweep_override():
+            choices.append([o.input_line])
+            continue
+        try:
+            values = list(o.sweep_string_iterator())
+        except Exception:
+            return None
+        values = values[:1] if one_seed and o.get_key_element() == "seed" else values
+        choices.append([f"{o.get_key_element()}={v}" for v in values])
+    return (list(j) for j in itertools.product(*choices))
 
 
 def sweeper_config(overrides: list[str]) -> DictConfig:
@@ -188,9 +198,18 @@ def run_train(args: list[str]) -> None:
     train()
 
 
+def studies(args: list[str]) -> None:
+    from mnistcnn.studies import run_studies  # here: the other commands need none of it
+
+    run_studies(args)
+
+
 COMMANDS = {
     "train": (run_train, "train one run (or a sweep with -m); Hydra overrides follow"),
     "summary": (summary, "print the model's layer table and parameter counts; no training"),
     "evaluate": (evaluate, "re-evaluate a finished run: evaluate run=PATH"),
     "compare": (compare, "compare run or sweep folders: compare PATH [PATH ...] [--out DIR]"),
+    "studies": (studies, "run the study presets and write the book of findings: "
+                         "studies [NAME ...] [KEY=VALUE ...] [--quick] [--jobs N] [--out DIR] "
+                         "[--resume]"),
 }

@@ -13,7 +13,6 @@ The columns are the config keys that differ between the runs.
 
 from __future__ import annotations
 
-import html
 import re
 import statistics
 from collections.abc import Iterable, Sequence
@@ -22,19 +21,18 @@ from datetime import datetime
 from pathlib import Path
 
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
-from mnistcnn import files
+from mnistcnn import files, pages
 from mnistcnn.errors import UserError
+from mnistcnn.pages import ABSENT, md_table  # ABSENT: a key or metric a run lacks
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 # Where the data lives, where it runs, how a run is reported or resumed: two runs that
 # differ only in these ran the same experiment, so they pool into one row.
 NOT_SETTINGS = ("data.dir", "trainer.device", "trainer.eval_batch_size", "report.", "resume")
-ABSENT = "—"  # a key a run's config does not have, or a metric a run did not record
 # The summary numbers of the main table: (summary.json key, header, how to show it).
 TABLE_METRICS = [
     ("final/train/acc", "train acc (%)", "acc"),
@@ -48,7 +46,6 @@ EPOCH_METRICS = [("train/acc", "train acc (%)", "acc"), ("train/loss", "train lo
                  ("val/acc", "val acc (%)", "acc"), ("val/loss", "val loss", "loss")]
 OUTPUT_FILES = ["comparison.md", "comparison.csv", "comparison.html", "curves_loss.png",
                 "curves_acc.png", "test_acc.png"]
-DPI = 100
 
 
 # ----------------------------------------------------------------------------- reading
@@ -265,10 +262,21 @@ def sort_rows(rows: Sequence[Row]) -> list[Row]:
 
 
 # ----------------------------------------------------------------------------- notes
+def ranked_rows(rows: Sequence[Row]) -> list[tuple[Row, Stat]]:
+    """Completed configurations with their test accuracy, best first."""
+    return [(r, r.stat("test/acc")) for r in rows if r.completed and r.stat("test/acc")]
+
+
+def exceeds_spread(a: Stat, b: Stat) -> bool:
+    """Whether the gap between two means is larger than the sum of their seed spreads
+    (so that the mean ± std intervals do not overlap)."""
+    return abs(a.mean - b.mean) >= (a.std or 0) + (b.std or 0)
+
+
 def gap_note(rows: Sequence[Row]) -> str | None:
     """Whether the best configuration's lead over the runner-up exceeds their seed spread
     (the mean ± std intervals of the two overlap when it does not)."""
-    ranked = [(r, r.stat("test/acc")) for r in rows if r.completed and r.stat("test/acc")]
+    ranked = ranked_rows(rows)
     if len(ranked) < 2:
         return None
     (best, a), (second, b) = ranked[:2]
@@ -278,7 +286,7 @@ def gap_note(rows: Sequence[Row]) -> str | None:
                 f"points of test accuracy, but single runs show no seed spread: repeat the "
                 f"sweep with seed=0,1,2 before drawing a conclusion.")
     spread = f"± {100 * a.std:.2f} and ± {100 * b.std:.2f}"
-    if gap < 100 * (a.std + b.std):
+    if not exceeds_spread(a, b):
         return (f"The gap between the best ({best.label}) and the runner-up ({second.label}), "
                 f"{gap:.2f} points of test accuracy, is smaller than their seed spread "
                 f"({spread}): the ranking may change with other seeds.")
@@ -321,11 +329,7 @@ def build(runs: Sequence[Run]) -> Comparison:
 
 def fmt(stat: Stat | None, kind: str) -> str:
     """Numbers for people: accuracies in percent with two decimals, then ± std over seeds."""
-    if stat is None:
-        return ABSENT
-    scale, digits = {"acc": (100, 2), "loss": (1, 4), "time": (1, 1)}[kind]
-    text = f"{scale * stat.mean:.{digits}f}"
-    return text if stat.std is None else f"{text} ± {scale * stat.std:.{digits}f}"
+    return ABSENT if stat is None else pages.mean_std(stat.mean, stat.std, kind)
 
 
 def _params(run: Run):
@@ -403,13 +407,6 @@ def _where(path: Path, out_dir: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- markdown/html
-def md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ")
-                                 for c in cells) + " |"
-    return "\n".join([line(header), line(["---"] * len(header)), *map(line, body)])
-
-
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -428,46 +425,49 @@ def epoch_sections(comp: Comparison) -> list[tuple[str, tuple]]:
             if (table := epoch_table(comp, metric, kind))[1]]
 
 
+def markdown_section(comp: Comparison, out_dir: Path, level: int = 2, image_dir: str = "",
+                     per_epoch: bool = True, more_notes: Sequence[str] = ()) -> str:
+    """The comparison as markdown below a heading of the given level (the caller's): the
+    table, the notes (then more_notes), the figures (image_dir/NAME.png, relative to the
+    markdown file), the per-epoch tables when per_epoch, and the runs."""
+    sub = "#" * level
+    parts = [intro(comp), md_table(*main_table(comp)),
+             "\n".join(f"- {n}" for n in [*comp.notes, *more_notes])]
+    parts += [f"![{FIGURE_TITLES[name]}]({image_dir}{name})" for name in FIGURE_NAMES]
+    if per_epoch:
+        for title, table in epoch_sections(comp):
+            parts += [f"{sub} Per epoch: {title}", md_table(*table)]
+    parts += [f"{sub} Runs", md_table(*runs_table(comp, out_dir))]
+    return "\n\n".join(parts)
+
+
+def html_section(comp: Comparison, out_dir: Path, images: dict[str, bytes], level: int = 2,
+                 per_epoch: bool = True, more_notes: Sequence[str] = ()) -> str:
+    """markdown_section's HTML twin, with the figures (PNG bytes by file name) embedded."""
+    parts = [f"<p>{pages.prose(intro(comp))}</p>", pages.html_table(*main_table(comp)),
+             "<ul>" + "".join(f"<li>{pages.prose(n)}</li>"
+                              for n in [*comp.notes, *more_notes]) + "</ul>",
+             pages.figure_row([pages.embedded_figure(images[name], name)
+                               for name in FIGURE_NAMES if name in images])]
+    if per_epoch:
+        parts += [pages.section(f"Per epoch: {title}", pages.html_table(*table), level)
+                  for title, table in epoch_sections(comp)]
+    parts.append(pages.section("Runs", pages.html_table(*runs_table(comp, out_dir)), level))
+    return "\n".join(parts)
+
+
 def to_markdown(comp: Comparison, out_dir: Path) -> str:
-    parts = ["# Comparison", intro(comp), md_table(*main_table(comp)),
-             "\n".join(f"- {n}" for n in comp.notes)]
-    parts += ["![test accuracy](test_acc.png)", "![accuracy](curves_acc.png)",
-              "![loss](curves_loss.png)"]
-    for title, table in epoch_sections(comp):
-        parts += [f"## Per epoch: {title}", md_table(*table)]
-    parts += ["## Runs", md_table(*runs_table(comp, out_dir))]
-    return "\n\n".join(parts) + "\n"
+    return f"# Comparison\n\n{markdown_section(comp, out_dir)}\n"
 
 
-def html_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
-                   for cells in body)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-
-
-HTML_STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 8px}
-th{background:#f0f0f0}td{text-align:right;white-space:nowrap}img{max-width:100%}"""
-
-
-def to_html(comp: Comparison, out_dir: Path) -> str:
-    parts = [f"<h1>Comparison</h1><p>{html.escape(intro(comp))}</p>",
-             html_table(*main_table(comp)),
-             "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in comp.notes) + "</ul>",
-             *(f'<p><img src="{name}" alt="{name}"></p>'
-               for name in ("test_acc.png", "curves_acc.png", "curves_loss.png"))]
-    for title, table in epoch_sections(comp):
-        parts += [f"<h2>Per epoch: {html.escape(title)}</h2>", html_table(*table)]
-    parts += ["<h2>Runs</h2>", html_table(*runs_table(comp, out_dir))]
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>Comparison</title>"
-            f"<style>{HTML_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+def to_html(comp: Comparison, out_dir: Path, images: dict[str, bytes]) -> str:
+    return pages.page("Comparison",
+                      f"<h1>Comparison</h1>\n{html_section(comp, out_dir, images)}")
 
 
 # ----------------------------------------------------------------------------- figures
 def _figure(width: float, height: float, title: str, ncols: int = 1) -> tuple[Figure, list]:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = pages.new_figure(width, height)
     fig.suptitle(title, fontsize=11)
     return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
 
@@ -481,7 +481,9 @@ def curves_figure(comp: Comparison, quantity: str) -> Figure:
     """Train and validation curves of every configuration: mean line, ± std band."""
     kind = "acc" if quantity == "acc" else "loss"
     rows = [r for r in comp.rows if r.completed]
-    splits = [s for s in ("train", "val") if any(r.curve(f"{s}/{quantity}") for r in rows)]
+    # One empty panel when no run completed: the figure still says what it would show.
+    splits = [s for s in ("train", "val")
+              if any(r.curve(f"{s}/{quantity}") for r in rows)] or ["train"]
     name = "accuracy" if kind == "acc" else "loss"
     width = 5.2 * len(splits) + 0.6
     fig, axes = _figure(width, 4.6, f"{name.capitalize()} per epoch (mean ± std over seeds)",
@@ -496,6 +498,8 @@ def curves_figure(comp: Comparison, quantity: str) -> Figure:
         # Whole epochs only: a tick at 1.5 epochs reads as a measurement that was never made.
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.margins(x=0.05 if ax.get_xlim()[1] - ax.get_xlim()[0] >= 1 else 1)
+        # Plain tick values: arms 0.01 points apart would otherwise get "+4.674e1" offsets.
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
     # One legend below both panels: it names the swept values and never hides a curve.
     handles, labels = axes[0].get_legend_handles_labels()
@@ -528,7 +532,7 @@ def _legend_columns(labels: Sequence[str], width_in: float) -> int:
 def test_acc_figure(comp: Comparison) -> Figure:
     """Horizontal bars, best on top, ± std error bars and one dot per seed. The axis is
     zoomed to the data: MNIST accuracies differ in tenths of a point near 99%."""
-    ranked = [(r, r.stat("test/acc")) for r in comp.rows if r.completed and r.stat("test/acc")]
+    ranked = ranked_rows(comp.rows)
     fig, (ax,) = _figure(8.0, 1.2 + 0.55 * max(len(ranked), 1),
                          "Test accuracy (mean ± std over seeds; dots are single runs)")
     y = list(range(len(ranked)))[::-1]
@@ -551,8 +555,18 @@ def test_acc_figure(comp: Comparison) -> Figure:
     return fig
 
 
-def save_png(path: Path, fig: Figure) -> None:
-    files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
+def draw_figures(comp: Comparison, out_dir: Path) -> dict[str, bytes]:
+    """Every comparison figure into out_dir/NAME; returns the PNGs by file name."""
+    return {name: pages.save_png(out_dir / name, draw(comp))
+            for name, draw in FIGURES.items()}
+
+
+FIGURES = {"test_acc.png": test_acc_figure,
+           "curves_acc.png": lambda comp: curves_figure(comp, "acc"),
+           "curves_loss.png": lambda comp: curves_figure(comp, "loss")}
+FIGURE_NAMES = list(FIGURES)
+FIGURE_TITLES = {"test_acc.png": "test accuracy", "curves_acc.png": "accuracy",
+                 "curves_loss.png": "loss"}
 
 
 # ----------------------------------------------------------------------------- writing
@@ -560,12 +574,10 @@ def write(comp: Comparison, out_dir: str | Path) -> list[Path]:
     """Every comparison file into out_dir; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    images = draw_figures(comp, out)
     files.write_text(out / "comparison.md", to_markdown(comp, out))
     files.write_csv(out / "comparison.csv", *csv_table(comp))
-    files.write_text(out / "comparison.html", to_html(comp, out))
-    save_png(out / "curves_loss.png", curves_figure(comp, "loss"))
-    save_png(out / "curves_acc.png", curves_figure(comp, "acc"))
-    save_png(out / "test_acc.png", test_acc_figure(comp))
+    files.write_text(out / "comparison.html", to_html(comp, out, images))
     return [out / name for name in OUTPUT_FILES]
 
 

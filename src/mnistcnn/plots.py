@@ -1,29 +1,27 @@
 """The figures of a run report, one function per figure, drawn on matplotlib's Agg canvas.
 
 Each function takes plain numbers and arrays (never a model or a file) and returns
-a Figure; `to_png` renders it. Figures are built from `Figure` + `FigureCanvasAgg`
-rather than pyplot: no display is needed and no global figure registry grows
-over a sweep. Every figure is WIDTH inches wide (fixed per kind) and as tall as
-its content needs, at DPI dots per inch, with no tight-bbox cropping: a PNG's
-pixel size follows from the figure's `get_size_inches() * DPI`.
+a Figure; `to_png` (from pages.py, the one figure writer) renders it. Figures are built
+on pages.new_figure (`Figure` + `FigureCanvasAgg`) rather than pyplot: no display is
+needed and no global figure registry grows over a sweep. Every figure is WIDTH inches
+wide (fixed per kind) and as tall as its content needs, at DPI dots per inch, with no
+tight-bbox cropping: a PNG's pixel size follows from the figure's `get_size_inches() * DPI`.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import textwrap
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mnistcnn.metrics import normalize_rows
+from mnistcnn.pages import DPI, new_figure, to_png  # noqa: F401  (to_png: for callers)
 
-DPI = 100
 CURVE_SIZE = (6.4, 4.4)
 CONFUSION_HEIGHT = 6.2
 GALLERY_WIDTH = 12.0
@@ -37,15 +35,8 @@ TITLE_SIZE = 11
 CHARS_PER_INCH = 13  # of an 11-point title: where a suptitle line is wrapped
 
 
-def to_png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
-
-
 def _figure(width: float, height: float, title: str) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(width, height)
     # Titles carry the run label, which grows with the settings: wrap rather than clip.
     lines = [textwrap.fill(line, int(width * CHARS_PER_INCH), break_on_hyphens=False)
              for line in title.splitlines()]

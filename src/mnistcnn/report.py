@@ -10,9 +10,6 @@ misclassified digit, ...) is skipped with a note in the report, never an error.
 
 from __future__ import annotations
 
-import base64
-import html
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +23,11 @@ from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from mnistcnn import files, metrics, models, plots
+from mnistcnn import files, metrics, models, pages, plots
 from mnistcnn.config import MODEL_SCHEMAS, ReportConfig, choice, to_plain
 from mnistcnn.data import Data, prepare
 from mnistcnn.errors import UserError
+from mnistcnn.pages import esc, number, pct, section
 
 ERRORS_SHOWN = 32  # the most confident mistakes: 4 rows of the gallery
 CORRECT_PER_CLASS = 10
@@ -160,9 +158,7 @@ def draw_figures(view: RunView, names: Sequence[str], folder: Path
             # A figure left from an earlier report would contradict the note.
             path.unlink(missing_ok=True)
             continue
-        png = plots.to_png(fig)
-        files.atomic_write(path, lambda f, png=png: f.write(png))
-        images[name] = png
+        images[name] = pages.save_png(path, fig)
     return images, skipped
 
 
@@ -338,34 +334,6 @@ FIGURES: dict[str, Callable[[RunView], Figure]] = {
 
 
 # ----------------------------------------------------------------------------- report.html
-CSS = """
-body { font: 15px/1.45 system-ui, sans-serif; color: #222; max-width: 1320px; margin: 0 auto;
-       padding: 16px 24px 48px; }
-h1 { font-size: 24px; margin: 8px 0 2px; } h2 { font-size: 19px; margin: 34px 0 10px;
-     border-bottom: 1px solid #ddd; padding-bottom: 4px; }
-.label { color: #555; margin: 0 0 14px; }
-.note { padding: 8px 12px; margin: 6px 0; border-radius: 4px; background: #f3f3f3; }
-.note.warn { background: #fde8e8; border-left: 4px solid #c62828; }
-.cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 14px 0; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 120px; }
-.card b { display: block; font-size: 20px; } .card span { color: #666; font-size: 13px; }
-.figs { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
-figure { margin: 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { color: #777; font-size: 12px; font-family: monospace; }
-table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
-th, td { padding: 3px 10px; border-bottom: 1px solid #e6e6e6; text-align: right; }
-th { background: #f6f6f6; } td:first-child, th:first-child { text-align: left; }
-tr.avg td { font-weight: bold; } tr.never td { background: #fde8e8; }
-tr.worst td { background: #fff4d6; }
-pre { background: #f6f6f6; padding: 10px 14px; overflow-x: auto; font-size: 13px; }
-"""
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>{title}</title><style>{css}</style></head>
-<body>
-{body}
-</body></html>
-"""
 # Report sections: heading and the figures drawn side by side under it.
 FIGURE_SECTIONS = {
     "Training curves": ("loss", "accuracy"),
@@ -380,19 +348,18 @@ FIGURE_SECTIONS = {
 def build_html(view: RunView, images: dict[str, bytes], skipped: dict[str, str],
                run_name: str) -> str:
     """One self-contained page: every PNG is embedded as a data: URI."""
-    body = [f"<h1>{_esc(run_name)}</h1>", f'<p class="label">{_esc(view.label)}</p>',
+    body = [f"<h1>{esc(run_name)}</h1>", f'<p class="label">{esc(view.label)}</p>',
             _notes_html(view, skipped), _cards_html(view)]
     for heading, names in FIGURE_SECTIONS.items():
-        body.append(_section(heading, _figures_html(images, skipped, names)))
+        body.append(section(heading, _figures_html(images, skipped, names)))
         if heading == "Confusion matrix":
-            body.append(_section("Per-class report (classification.csv)", _per_class_html(view)))
-    body += [_section("Per-epoch metrics (metrics.jsonl)", _epochs_html(view.records)),
-             _section("Layers", _layers_html(view)),
-             _section("Summary (summary.json)", _summary_html(view.summary)),
-             _section("Resolved config", f"<pre>{_esc(OmegaConf.to_yaml(to_plain(view.cfg)))}"
-                                         f"</pre>")]
-    return PAGE.format(title=_esc(f"{run_name}: {view.label}"), css=CSS,
-                       body="\n".join(part for part in body if part))
+            body.append(section("Per-class report (classification.csv)", _per_class_html(view)))
+    body += [section("Per-epoch metrics (metrics.jsonl)", _epochs_html(view.records)),
+             section("Layers", _layers_html(view)),
+             section("Summary (summary.json)", _summary_html(view.summary)),
+             section("Resolved config",
+                     f"<pre>{esc(OmegaConf.to_yaml(to_plain(view.cfg)))}</pre>")]
+    return pages.page(f"{run_name}: {view.label}", "\n".join(part for part in body if part))
 
 
 def findings(view: RunView, skipped: dict[str, str]) -> list[tuple[str, str]]:
@@ -415,25 +382,25 @@ def findings(view: RunView, skipped: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def _notes_html(view: RunView, skipped: dict[str, str]) -> str:
-    return "\n".join(f'<p class="note {kind}">{_esc(text)}</p>'
+    return "\n".join(f'<p class="note {kind}">{esc(text)}</p>'
                      for kind, text in findings(view, skipped))
 
 
 def _cards_html(view: RunView) -> str:
     s = view.summary
     worst = s.get("test/worst_class")
-    cards = [("test accuracy", _pct(s.get("test/acc"))),
-             ("test loss", _number(s.get("test/loss"))),
-             ("macro recall", _pct(s.get("test/macro_recall"))),
-             ("macro F1", _pct(s.get("test/macro_f1"))),
+    cards = [("test accuracy", pct(s.get("test/acc"))),
+             ("test loss", number(s.get("test/loss"))),
+             ("macro recall", pct(s.get("test/macro_recall"))),
+             ("macro F1", pct(s.get("test/macro_f1"))),
              ("worst class (recall)",
-              f"{worst} ({_pct(s.get('test/worst_class_recall'))})" if worst else "—"),
-             ("final val accuracy", _pct(s.get("final/val/acc"))),
-             ("final train accuracy", _pct(s.get("final/train/acc"))),
+              f"{worst} ({pct(s.get('test/worst_class_recall'))})" if worst else "—"),
+             ("final val accuracy", pct(s.get("final/val/acc"))),
+             ("final train accuracy", pct(s.get("final/train/acc"))),
              ("parameters", f"{s['params']['total']:,}" if "params" in s else "—"),
              ("epochs", str(s.get("epochs", len(view.records))))]
     return '<div class="cards">' + "".join(
-        f"<div class=\"card\"><b>{_esc(value)}</b><span>{_esc(name)}</span></div>"
+        f"<div class=\"card\"><b>{esc(value)}</b><span>{esc(name)}</span></div>"
         for name, value in cards) + "</div>"
 
 
@@ -442,22 +409,10 @@ def _figures_html(images: dict[str, bytes], skipped: dict[str, str],
     parts = []
     for name in names:
         if name in images:
-            data = base64.b64encode(images[name]).decode()
-            # Never wider than drawn (no blur); figures narrower than about half the page
-            # share a row, wider ones get a row each, so their text stays readable.
-            width = _png_width(images[name])
-            style = f"flex: 1 1 {int(0.85 * width)}px; max-width: {width}px"
-            parts.append(f'<figure id="{name}" style="{style}">'
-                         f'<img src="data:image/png;base64,{data}" '
-                         f'alt="plots/{name}.png"><figcaption>plots/{name}.png</figcaption>'
-                         f"</figure>")
+            parts.append(pages.embedded_figure(images[name], name, f"plots/{name}.png"))
         elif name in skipped:
-            parts.append(f'<p class="note">plots/{name}.png skipped: {_esc(skipped[name])}.</p>')
-    return f'<div class="figs">{"".join(parts)}</div>' if parts else ""
-
-
-def _png_width(png: bytes) -> int:
-    return int.from_bytes(png[16:20], "big")  # the IHDR chunk's width field
+            parts.append(f'<p class="note">plots/{name}.png skipped: {esc(skipped[name])}.</p>')
+    return pages.figure_row(parts)
 
 
 def _per_class_html(view: RunView) -> str:
@@ -472,7 +427,7 @@ def _per_class_html(view: RunView) -> str:
         kind = ("never" if r["class"] in never else "worst" if r["class"] == worst
                 else "avg" if r["class"] not in predicted else "")
         count = predicted.get(r["class"])
-        body.append((kind, [r["class"], _pct(r["precision"]), _pct(r["recall"]), _pct(r["f1"]),
+        body.append((kind, [r["class"], pct(r["precision"]), pct(r["recall"]), pct(r["f1"]),
                             f"{r['support']:,}", "" if count is None else f"{count:,}"]))
     note = ("<p>Red: a class the model never predicts; amber: the class with the lowest "
             "recall. — marks a value that is undefined (nothing predicted or no test image).</p>")
@@ -501,15 +456,9 @@ def _summary_html(summary: dict) -> str:
     return _table(["key", "value"], [("", [k, _value(k, v)]) for k, v in summary.items()])
 
 
-def _section(heading: str, content: str) -> str:
-    return f"<h2>{_esc(heading)}</h2>\n{content}" if content else ""
-
-
 def _table(header: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join(f'<tr class="{kind}">' + "".join(f"<td>{_esc(c)}</td>" for c in cells)
-                   + "</tr>" for kind, cells in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    """(row class, cells) pairs: the report marks rows (average, never predicted, worst)."""
+    return pages.html_table(header, [cells for _, cells in rows], [kind for kind, _ in rows])
 
 
 def _value(key: str, v: Any) -> str:
@@ -517,7 +466,7 @@ def _value(key: str, v: Any) -> str:
     if isinstance(v, bool) or v is None:
         return "—" if v is None else str(v)
     if isinstance(v, float):
-        return _pct(v) if key.endswith(("acc", "recall", "f1")) else _number(v)
+        return pct(v) if key.endswith(("acc", "recall", "f1")) else number(v)
     if isinstance(v, int):
         return f"{v:,}" if key != "epoch" else str(v)
     if isinstance(v, dict):
@@ -525,15 +474,3 @@ def _value(key: str, v: Any) -> str:
     if isinstance(v, list):
         return ", ".join(map(str, v)) or "none"
     return str(v)
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None or math.isnan(x) else f"{100 * x:.2f}%"
-
-
-def _number(x: float | None) -> str:
-    return "—" if x is None or math.isnan(x) else f"{x:.4g}"
-
-
-def _esc(text: Any) -> str:
-    return html.escape(str(text))

@@ -33,6 +33,7 @@ from mnistcnn.engine import (
     seed_everything,
 )
 from mnistcnn.errors import UserError
+from mnistcnn.graphed import graph_off_reason
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         validate(cfg)
         report.check_settings(report.report_settings(cfg))
         device = resolve_device(cfg.trainer.device)
+        graph_off_reason(cfg, device)  # trainer.cuda_graph=true that cannot be: fail before data
         summary["device"] = str(device)
         files.write_json(summary_path, summary)
         seed_everything(cfg.seed, cfg.trainer.deterministic)

@@ -1,0 +1,231 @@
+"""`studies`: run the study presets as `train -m +experiment=NAME` does, then the book.
+
+Each study is its own `train -m` process with its sweep folder DIR/NAME/, so the study is
+exactly what the preset's own command runs (and its comparison, resume and failure
+handling are the sweep's); its console output goes to DIR/NAME.log. While it runs, the
+finished runs are counted from the job folders' summary.json files and a progress line
+goes to stderr. A failed study never stops the book; the command exits 1 at the end
+when any run did not complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from mnistcnn import book, files
+from mnistcnn.cli import precheck, sweep_jobs
+from mnistcnn.errors import UserError
+
+FAILED_EXIT = 1  # as a sweep with failed jobs (sweep.FAILED_JOBS_EXIT)
+POLL_S = 2.0  # how often a running study's folder is counted for the progress line
+ENDED = ("completed", "failed", "diverged", "interrupted")  # a summary.json status: not running
+
+
+def parse(args: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m mnistcnn studies",
+        description="Run the study presets (all eight by default) at their full protocol "
+                    "and seeds and write the book of findings, DIR/STUDIES.md and "
+                    "DIR/studies.html. KEY=VALUE overrides go to every run.")
+    parser.add_argument("items", nargs="*", metavar="NAME|KEY=VALUE",
+                        help=f"studies ({', '.join(book.QUESTIONS)}) and overrides")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke size of each preset (quick=on: 1 seed, 1 epoch, 1,000 "
+                             "training images)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="runs at once, as separate processes (hydra/launcher=joblib)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="book folder (default outputs/studies/TIME); each study's sweep "
+                             "goes to DIR/NAME/")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the book in --out DIR: completed runs are kept")
+    parser.add_argument("--reports", action="store_true",
+                        help="also write every run's report.html and plots (off by default)")
+    return parser.parse_intermixed_args(args)
+
+
+def check(opts: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(study names, overrides); a mistake is a UserError before anything runs."""
+    names = [i for i in opts.items if "=" not in i]
+    overrides = [i for i in opts.items if "=" in i]
+    unknown = [n for n in names if n not in book.QUESTIONS]
+    if unknown:
+        raise UserError(f"unknown study {', '.join(unknown)}; choose from "
+                        f"{', '.join(book.QUESTIONS)} (or none for all eight)")
+    if opts.jobs < 1:
+        raise UserError(f"--jobs {opts.jobs}: must be >= 1")
+    if opts.jobs > 1 and importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
+        raise UserError("--jobs needs Hydra's joblib launcher; install it with "
+                        "pip install -e \".[sweep]\" (or pip install hydra-joblib-launcher)")
+    if opts.resume and not opts.out:
+        raise UserError("--resume continues a book: name its folder with --out DIR")
+    return list(dict.fromkeys(names)) or list(book.QUESTIONS), overrides
+
+
+def study_overrides(name: str, out: Path, opts: argparse.Namespace,
+                    overrides: list[str]) -> list[str]:
+    """The `train -m` overrides of one study of the book."""
+    extra = [f"+experiment={name}", f"hydra.sweep.dir={out / name}"]
+    extra += ["quick=on"] if opts.quick else []
+    extra += ["resume=true"] if opts.resume else []
+    # A book is ~90 runs: each run's report (t-SNE alone ~5 s) is written only on request.
+    if not opts.reports and not any(o.lstrip("+").startswith("report.") for o in overrides):
+        extra.append("report.enabled=false")
+    if opts.jobs > 1:
+        extra += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={opts.jobs}"]
+    return extra + overrides
+
+
+def count_ended(folder: Path, since: float) -> int:
+    """Runs of a sweep folder that have ended, from their summary.json: every completed
+    one, and those that failed, diverged or were interrupted at or after `since` (a
+    time.time()); older ones are about to run again in a resumed book."""
+    ended = 0
+    for path in folder.glob("*/summary.json"):
+        try:
+            status = files.read_json(path).get("status")
+            ended += status == "completed" or (status in ENDED and
+                                               path.stat().st_mtime >= since)
+        except (OSError, ValueError, UserError):
+            pass  # being written: counted on the next poll
+    return ended
+
+
+class Progress:
+    """`[12/90 runs] 3m10s elapsed, ~20m left` on stderr whenever the count moves; the
+    estimate is the mean time of the runs finished by this command (runs already done when
+    a resumed book started cost nothing)."""
+
+    def __init__(self, total: int, done_before: int):
+        self.total, self.before, self.shown = total, done_before, -1
+        self.start = time.monotonic()
+
+    def update(self, done: int) -> None:
+        if done == self.shown:
+            return
+        self.shown = done
+        elapsed = time.monotonic() - self.start
+        new = done - self.before
+        left = (f", ~{book.duration(elapsed / new * (self.total - done))} left"
+                if 0 < new and done < self.total else "")
+        print(f"[{done}/{self.total} runs] {book.duration(elapsed)} elapsed{left}",
+              file=sys.stderr, flush=True)
+
+
+def run_study(overrides: list[str], log_path: Path, folder: Path, progress: Progress,
+              done_elsewhere: int) -> tuple[int, int | None]:
+    """One `train -m` in a child process: (its exit code, the signal that stopped the book
+    or None). SIGINT and SIGTERM are passed on to the child, which stops after the batch in
+    flight and records its run as interrupted; the book stops once the child has."""
+    command = [sys.executable, "-m", "mnistcnn", "train", "-m", *overrides]
+    stopped: list[int] = []
+    start = time.time()
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        log.flush()
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+        def forward(signum: int, _frame) -> None:
+            stopped.append(signum)
+            child.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while True:
+                try:
+                    code = child.wait(timeout=POLL_S)
+                except subprocess.TimeoutExpired:
+                    progress.update(done_elsewhere + count_ended(folder, start))
+                    continue
+                progress.update(done_elsewhere + count_ended(folder, start))
+                return code, (stopped[0] if stopped else None)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                  if ln.startswith("model name")]
+        cpu = models[0] if models else cpu
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def run_studies(args: list[str]) -> None:
+    opts = parse(args)
+    names, overrides = check(opts)
+    out = Path(opts.out or Path("outputs/studies") / datetime.now().strftime(
+        "%Y-%m-%d_%H-%M-%S"))
+    if opts.resume and not out.is_dir():
+        raise UserError(f"--resume: {out} does not exist; pass the --out DIR of the book "
+                        f"to continue")
+    started = [n for n in names if (out / n).is_dir()]
+    if started and not opts.resume:
+        raise UserError(f"{out} already holds {', '.join(started)}; add --resume to continue "
+                        f"that book, or choose another --out DIR")
+    per_study = {n: study_overrides(n, out, opts, overrides) for n in names}
+    totals = {}
+    for name, study_args in per_study.items():
+        precheck(study_args, multirun=True)  # a typo costs nothing: no folder, no run
+        jobs = sweep_jobs(study_args)
+        totals[name] = sum(1 for _ in jobs) if jobs is not None else 0  # 0: not listable
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / book.BOOK_FILE
+    record = files.read_json(record_path) if record_path.is_file() else {}
+    record.setdefault("wall_s", {})
+    record["machine"] = machine()
+    record["commands"] = [*record.get("commands", []),
+                          shlex.join(["python", "-m", "mnistcnn", "studies", *args])]
+    files.write_json(record_path, record)
+
+    # A resumed book reruns every run that did not complete; those that did are done.
+    now = time.time()
+    done = {n: count_ended(out / n, since=now) for n in names}  # the completed ones
+    total = sum(totals.values())
+    progress = Progress(total, sum(done.values()))
+    print(f"{len(names)} studies, {total} runs -> {out}/", file=sys.stderr, flush=True)
+    failed_studies = []
+    t_book = time.monotonic()
+    resume_hint = shlex.join(["python", "-m", "mnistcnn", "studies",
+                              *(a for a in args if a != "--resume"),
+                              *([] if opts.out else ["--out", str(out)]), "--resume"])
+    for name in names:
+        t0, started_at = time.monotonic(), time.time()
+        elsewhere = sum(done.values()) - done[name]
+        code, signum = run_study(per_study[name], out / f"{name}.log", out / name, progress,
+                                 elsewhere)
+        record["wall_s"][name] = round(record["wall_s"].get(name, 0) + time.monotonic() - t0, 1)
+        files.write_json(record_path, record)
+        if signum is not None:
+            print(f"interrupted; continue with: {resume_hint}", file=sys.stderr)
+            stop = KeyboardInterrupt()
+            stop.signum = signum  # __main__ exits with 128 + signum
+            raise stop
+        done[name] = count_ended(out / name, since=started_at)
+        if code != 0:
+            failed_studies.append(name)
+            print(f"study {name} exited with {code}; see {out / name}.log", file=sys.stderr,
+                  flush=True)
+    written = book.write(out, [n for n in book.QUESTIONS if n in names
+                               or n in record["wall_s"]])
+    print(f"book -> {out / 'STUDIES.md'} ({out / 'studies.html'}) after "
+          f"{book.duration(time.monotonic() - t_book)}", file=sys.stderr)
+    if written.failed or failed_studies:
+        print(f"error: {len(written.failed)} run(s) did not complete"
+              + (f"; studies with errors: {', '.join(failed_studies)}" if failed_studies else "")
+              + f"; see {out / 'STUDIES.md'}; rerun them with: {resume_hint}",
+              file=sys.stderr)
+        raise SystemExit(FAILED_EXIT)
