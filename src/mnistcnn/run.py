@@ -20,8 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mnistcnn import data as data_mod
-from mnistcnn import files, models, report
-from mnistcnn.config import saved_config, to_plain, validate
+from mnistcnn import files, models, report, tblog
+from mnistcnn.config import choice, saved_config, to_plain, validate
 from mnistcnn.engine import (
     Diverged,
     Interrupted,
@@ -33,6 +33,7 @@ from mnistcnn.engine import (
     seed_everything,
 )
 from mnistcnn.errors import UserError
+from mnistcnn.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
                "started": _now(), "torch": torch.__version__, "host": platform.node()}
     try:
         validate(cfg)
+        tblog.check_available(cfg)
         report.check_settings(report.report_settings(cfg))
         device = resolve_device(cfg.trainer.device)
         summary["device"] = str(device)
@@ -130,20 +132,29 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         if state:
             log.info("resuming %s after epoch %d", run_dir, state["epoch"])
         epochs = cfg.trainer.epochs
+        stopper = EarlyStopping.from_config(cfg.trainer)
+        tb = tblog.open_log(cfg, run_dir, first_epoch=len((state or {}).get("records", [])) + 1)
 
         def on_epoch(record: dict, training) -> None:
             files.append_jsonl(metrics_path, record)
             files.save_torch(last_path, {**training.state(), **run_identity(cfg, data)})
+            if tb is not None:
+                tb.epoch(record)
             log.info(format_epoch(record, epochs))
+            if stopper.stopped:
+                log.info(stopper.describe())
 
         t0 = time.perf_counter()
         with StopOnSignal() as stop:
             try:
-                records = fit(model, data, cfg, on_epoch, resume=state, stop=stop)
+                records = fit(model, data, cfg, on_epoch, resume=state, stop=stop,
+                              stopper=stopper)
             except Interrupted as e:
                 e.signum = stop.signum or e.signum
                 raise
         summary["train_time_s"] = round(time.perf_counter() - t0, 3)
+        if choice(cfg.trainer.keep) == "best":
+            model.load_state_dict(stopper.best_weights)
 
         test_loss, test_acc, logits = evaluate(model, data.test, data,
                                                make_loss(cfg.loss, data.num_classes),
@@ -155,12 +166,15 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         summary.update({f"final/{k}": v for k, v in last.items()
                         if k in ("train/loss", "train/acc", "val/loss", "val/acc")})
         summary.update({"test/loss": test_loss, "test/acc": test_acc, "epochs": len(records),
+                        **stopper.summary(epochs, len(records)),
                         "status": "completed", "finished": _now()})
         t0 = time.perf_counter()
         summary.update(report.write_run_files(run_dir, cfg, model, data, summary))
         summary["report_time_s"] = round(time.perf_counter() - t0, 3)
         files.write_json(summary_path, summary)
-        # model.pt holds the final weights; the resume state is no longer needed.
+        if tb is not None:
+            tb.finish(cfg, summary)
+        # model.pt holds the kept weights; the resume state is no longer needed.
         last_path.unlink(missing_ok=True)
         log.info("test/loss %.4f  test/acc %.2f%%  (%d epochs, %.1fs training)  -> %s",
                  test_loss, 100 * test_acc, len(records), summary["train_time_s"], run_dir)
