@@ -6,7 +6,9 @@ so `evaluate` can rebuild the evaluation files later from model.pt alone.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import platform
@@ -16,6 +18,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +32,7 @@ from mnistcnn.engine import (
     fit,
     make_loss,
     place_model,
+    predict,
     resolve_device,
     seed_everything,
 )
@@ -258,20 +262,27 @@ def load_checkpoint(run_dir: Path) -> dict:
     return safe_load(path, "an mnistcnn checkpoint; pass a run folder written by `train`")
 
 
-def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
-    """Re-evaluate a finished run on its test set from model.pt and its saved config."""
-    run_dir = Path(run_dir)
+def load_run_model(run_dir: Path, device: torch.device
+                   ) -> tuple[torch.nn.Module, DictConfig, dict]:
+    """(model with model.pt's weights on the device, saved config, checkpoint)."""
     ckpt = load_checkpoint(run_dir)
     cfg = saved_config(ckpt["config"])
-    device = resolve_device(device_name)
-    data = data_mod.load(cfg.data, device, cfg.seed)
-    data = dataclasses.replace(data, mean=ckpt["mean"], std=ckpt["std"])
     model = place_model(models.build(cfg.model, len(ckpt["class_names"])), device)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise UserError(f"{run_dir / 'model.pt'} does not match its config's model "
                         f"({cfg.model.name}); the checkpoint is from a different model") from e
+    return model, cfg, ckpt
+
+
+def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
+    """Re-evaluate a finished run on its test set from model.pt and its saved config."""
+    run_dir = Path(run_dir)
+    device = resolve_device(device_name)
+    model, cfg, ckpt = load_run_model(run_dir, device)
+    data = data_mod.load(cfg.data, device, cfg.seed)
+    data = dataclasses.replace(data, mean=ckpt["mean"], std=ckpt["std"])
     loss, acc, logits = evaluate(model, data.test, data, make_loss(cfg.loss, data.num_classes),
                                  cfg.trainer.eval_batch_size, cfg.trainer.precision)
     write_predictions(run_dir / "predictions.csv", data.test.labels, logits)
@@ -288,6 +299,38 @@ def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
         files.write_json(summary_path, {**summary, **keys})
     log_class_findings(result)
     return result
+
+
+def classify(run_dir: str | Path, paths: list[Path], images: np.ndarray,
+             device_name: str = "auto") -> list[dict]:
+    """Per digit (uint8 [N, 28, 28], read from `paths`) by a finished run's model.pt,
+    normalised as its training data was: file, predicted class name, its probability and
+    the top 3 as (class name, probability)."""
+    device = resolve_device(device_name)
+    model, cfg, ckpt = load_run_model(Path(run_dir), device)
+    split = data_mod.Split(torch.from_numpy(images).unsqueeze(1).to(device),
+                           torch.zeros(len(images), dtype=torch.int64, device=device))
+    # engine.predict reads only the normalisation from a Data; the digits are its test split.
+    data = data_mod.Data(train=split, val=None, test=split, class_names=ckpt["class_names"],
+                         mean=ckpt["mean"], std=ckpt["std"])
+    logits = predict(model, split, data, cfg.trainer.eval_batch_size, cfg.trainer.precision)
+    names = data.class_names
+    values, indices = torch.softmax(logits, dim=1).topk(min(3, len(names)), dim=1)
+    return [{"file": str(path), "pred": names[idx[0]], "confidence": p[0],
+             "top": [(names[i], v) for i, v in zip(idx, p, strict=True)]}
+            for path, p, idx in zip(paths, values.tolist(), indices.tolist(), strict=True)]
+
+
+def write_image_predictions(path: Path, rows: list[dict]) -> None:
+    """`predict --out`: one CSV row per image with its top 3 classes."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "pred", "confidence", "top2", "top2_confidence", "top3",
+                     "top3_confidence"])
+    for row in rows:
+        rest = [x for name, p in row["top"][1:] for x in (name, f"{p:.6f}")]
+        writer.writerow([row["file"], row["pred"], f"{row['confidence']:.6f}", *rest])
+    files.write_text(path, buf.getvalue())
 
 
 def log_class_findings(summary: dict) -> None:
