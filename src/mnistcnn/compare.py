@@ -35,7 +35,8 @@ from mnistcnn.errors import UserError
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 # Where the data lives, where it runs, how a run is reported or resumed: two runs that
 # differ only in these ran the same experiment, so they pool into one row.
-NOT_SETTINGS = ("data.dir", "trainer.device", "trainer.eval_batch_size", "report.", "resume")
+NOT_SETTINGS = ("data.dir", "trainer.device", "trainer.eval_batch_size", "report.", "resume",
+                "logger.")
 ABSENT = "—"  # a key a run's config does not have, or a metric a run did not record
 # The summary numbers of the main table: (summary.json key, header, how to show it).
 TABLE_METRICS = [

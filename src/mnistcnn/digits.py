@@ -23,25 +23,6 @@ class Unreadable(Exception):
     """An input that gives no digit; the message says why, for a one-line note."""
 
 
-def find(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
-    """Image files among `paths` (folders give their image files, sorted, not recursing)
-    and one line for each path that gives none."""
-    found, problems = [], []
-    for path in map(Path, paths):
-        if path.is_dir():
-            inside = sorted(p for p in path.iterdir()
-                            if p.is_file() and p.suffix.lower() in SUFFIXES)
-            if not inside:
-                problems.append(f"{path}: no {', '.join(s[1:] for s in SUFFIXES)} file in "
-                                f"this folder")
-            found += inside
-        elif path.is_file():
-            found.append(path)
-        else:
-            problems.append(f"{path}: no such file or folder")
-    return found, problems
-
-
 def read_grey(path: Path) -> np.ndarray:
     """The image as float grey levels in [0, 1] (transparent pixels count as white paper)."""
     try:
@@ -90,10 +71,11 @@ def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
 
 
 def paste_centred(box: np.ndarray) -> np.ndarray:
-    """Put `box` into a 28x28 black canvas with its centre of mass at the canvas centre
-    (13.5, 13.5 in pixel indices); ink pushed past an edge is cut off."""
+    """Put `box` into a 28x28 black canvas with its centre of mass at row and column 14
+    (pixel indices), where MNIST's digits have theirs (measured: mean 13.99, 14.00 over
+    2,000 test digits); ink pushed past an edge is cut off."""
     cy, cx = centre_of_mass(box)
-    top, left = round((SIDE - 1) / 2 - cy), round((SIDE - 1) / 2 - cx)
+    top, left = round(SIDE / 2 - cy), round(SIDE / 2 - cx)
     canvas = np.zeros((SIDE, SIDE), dtype=np.float32)
     h, w = box.shape
     y0, x0 = max(top, 0), max(left, 0)
@@ -108,13 +90,25 @@ def load(path: Path) -> np.ndarray:
 
 
 def read_all(paths: Iterable[str | Path]) -> tuple[list[Path], np.ndarray, list[str]]:
-    """(files read, their digits uint8 [N, 28, 28], one line per path that gave none)."""
-    found, problems = find(paths)
-    read, images = [], []
-    for path in found:
-        try:
-            images.append(load(path))
-            read.append(path)
-        except Unreadable as e:
-            problems.append(f"{path}: {e}")
+    """(files read, their digits uint8 [N, 28, 28], one line per path that gave none), in
+    the order given; a folder gives its image files, sorted, without recursing."""
+    read, images, problems = [], [], []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir()
+                            if p.is_file() and p.suffix.lower() in SUFFIXES)
+            if not inside:
+                problems.append(f"{path}: no {', '.join(s[1:] for s in SUFFIXES)} file in "
+                                f"this folder")
+        elif path.is_file():
+            inside = [path]
+        else:
+            inside = []
+            problems.append(f"{path}: no such file or folder")
+        for file in inside:
+            try:
+                images.append(load(file))
+                read.append(file)
+            except Unreadable as e:
+                problems.append(f"{file}: {e}")
     return read, np.stack(images) if images else np.zeros((0, SIDE, SIDE), np.uint8), problems

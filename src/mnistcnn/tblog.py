@@ -13,13 +13,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from mnistcnn.compare import NOT_SETTINGS, flatten
 from mnistcnn.config import to_plain
 from mnistcnn.errors import UserError
 
 TB_DIR = "tb"
-# Config keys that do not change the result (or are the logger itself): left out of HParams.
-NOT_HPARAMS = ("data.dir", "trainer.device", "trainer.eval_batch_size", "report", "resume",
-               "logger")
 # summary.json keys shown as the HParams tab's metrics, when the run has them.
 FINAL_METRICS = ("test/acc", "test/loss", "final/train/acc", "final/train/loss", "final/val/acc",
                  "final/val/loss", "epochs", "best_epoch", "train_time_s")
@@ -41,20 +39,11 @@ def check_available(cfg: DictConfig) -> None:
                         "logger=none") from e
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config -> {"optim.lr": 0.001, ...}; lists become strings (HParams takes
-    numbers, strings and booleans only)."""
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: str(tree) if isinstance(tree, list) else tree}
-
-
 def hparams(cfg: DictConfig) -> dict[str, Any]:
-    return {k: v for k, v in flatten(to_plain(cfg)).items()
-            if not any(k == skip or k.startswith(skip + ".") for skip in NOT_HPARAMS)}
+    """The settings a comparison would tell runs apart by, as {"optim.lr": 0.001, ...};
+    lists and dicts become strings (HParams takes numbers, strings and booleans only)."""
+    return {k: str(v) if isinstance(v, list | dict) else v
+            for k, v in flatten(to_plain(cfg)).items() if not k.startswith(NOT_SETTINGS)}
 
 
 class TensorBoardLog:
