@@ -231,3 +231,18 @@ def test_an_early_stopped_run_records_it_and_a_sweep_shows_epochs_run(synthetic_
     with open(tmp_path / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(int(r["epochs"]) for r in rows) == [2, 3]
+
+
+def test_the_curves_mark_the_best_and_the_stopping_epoch():
+    from mnistcnn import plots
+
+    records = [{"epoch": e, "train/acc": a, "val/acc": a} for e, a in
+               enumerate([0.5, 0.8, 0.7, 0.6], 1)]
+    fig = plots.curves(records, "acc", 0.79, "t", {"best val/acc (epoch 2)": 2,
+                                                   "stopped early (epoch 4)": 4}, test_epoch=2)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[-3:] == ["test (epoch 2) 79.00%", "best val/acc (epoch 2)",
+                           "stopped early (epoch 4)"]
+    vertical = [line.get_xdata()[0] for line in ax.get_lines() if line.get_label() in labels[-2:]]
+    assert vertical == [2, 4]
