@@ -186,8 +186,9 @@ def predict(args: list[str]) -> None:
         print(f"-> {opts.out}")
     if opts.show:
         sheet = Path(opts.out).with_suffix(".png") if opts.out else Path("predictions.png")
-        captions = [f"{Path(r['file']).name[:16]}\n{r['pred']} {100 * r['confidence']:.0f}%"
-                    for r in rows]
+        names = [Path(r["file"]).name for r in rows]
+        captions = [f"{n if len(n) <= 18 else n[:17] + '…'}\n{r['pred']} "
+                    f"{100 * r['confidence']:.0f}%" for n, r in zip(names, rows, strict=True)]
         fig = plots.gallery(images, captions,
                             f"{len(rows)} inputs as the model of {settings['run']} saw them")
         files.atomic_write(sheet, lambda f: f.write(plots.to_png(fig)))
