@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 
 import numpy as np
 import pytest
@@ -141,12 +142,33 @@ def test_load_puts_splits_on_device_with_grouped_labels(tmp_path):
     assert 0 < d.mean < 1 and 0 < d.std < 1
 
 
-def test_batches_cover_every_index_once_and_repeat_with_the_seed():
-    def order(seed):
-        return torch.cat(list(data.batches(103, 10, torch.Generator().manual_seed(seed))))
-    assert sorted(order(0).tolist()) == list(range(103))
-    assert torch.equal(order(0), order(0)) and not torch.equal(order(0), order(1))
+def test_epoch_draw_is_a_seeded_permutation_and_batches_cover_every_index():
+    def draw(seed, aug=None):
+        return data.draw_epoch(103, aug, torch.Generator().manual_seed(seed))
+    assert sorted(draw(0).order.tolist()) == list(range(103))
+    assert torch.equal(draw(0).order, draw(0).order)
+    assert not torch.equal(draw(0).order, draw(1).order)
+    # Augmentation parameters come after the permutation from the same generator, so
+    # switching augmentation on keeps the batch order of the run without it.
+    aug = OmegaConf.structured(AugmentConfig(rotation=10, translate=0.1, brightness=0.5))
+    augmented = draw(0, aug)
+    assert torch.equal(augmented.order, draw(0).order)
+    assert augmented.angle.abs().max() <= math.radians(10) and augmented.shift.shape == (103, 2)
+    assert augmented.shift.abs().max() <= 0.2 and (augmented.brightness - 1).abs().max() <= 0.5
+    assert draw(0).fields().keys() == {"order"}
     assert [len(b) for b in data.batches(25, 10)] == [10, 10, 5]
+    assert torch.equal(torch.cat(list(data.batches(25, 10))), torch.arange(25))
+
+
+def test_epoch_draw_copies_in_place_and_slices_by_position():
+    aug = OmegaConf.structured(AugmentConfig(brightness=0.5))
+    first = data.draw_epoch(10, aug, torch.Generator().manual_seed(0))
+    second = data.draw_epoch(10, aug, torch.Generator().manual_seed(1))
+    kept = first.order
+    first.copy_(second)
+    assert first.order is kept and torch.equal(first.order, second.order)
+    pos = torch.tensor([3, 4])
+    assert torch.equal(first.augmentation(pos)["brightness"], second.brightness[3:5])
 
 
 def test_prepare_standardises():
@@ -159,14 +181,18 @@ def test_augmentation_keeps_shape_and_range_and_changes_images():
     torch.manual_seed(0)
     images = (torch.rand(16, 1, 28, 28) > 0.7).float()
     aug = OmegaConf.structured(AugmentConfig(rotation=10, translate=0.1, brightness=0.5))
-    out = data.augment(images.clone(), aug, torch.Generator().manual_seed(0))
+    draw = data.draw_epoch(16, aug, torch.Generator().manual_seed(0))
+    params = draw.augmentation(torch.arange(16))
+    out = data.augment(images.clone(), params)
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
     assert not torch.allclose(out, images)
-    again = data.augment(images.clone(), aug, torch.Generator().manual_seed(0))
-    assert torch.equal(out, again)
-    off = OmegaConf.structured(AugmentConfig())
-    assert not data.augments(off)
-    assert torch.equal(data.prepare((images * 255).byte(), 0, 1, off, None), images)
+    assert torch.equal(out, data.augment(images.clone(), params))
+    # A zero rotation and shift with brightness 1 is the identity warp.
+    identity = {"angle": torch.zeros(16), "shift": torch.zeros(16, 2), "brightness": torch.ones(16)}
+    assert torch.allclose(data.augment(images.clone(), identity), images, atol=1e-5)
+    off = data.draw_epoch(16, OmegaConf.structured(AugmentConfig()), torch.Generator())
+    assert off.augmentation(torch.arange(4)) == {}
+    assert torch.equal(data.prepare((images * 255).byte(), 0, 1, {}), images)
 
 
 def test_fashion_mnist_reads_the_same_format(tmp_path):

@@ -322,6 +322,11 @@ class TrainerConfig:
     # the studies report) or those of the best epoch by early_stop.monitor.
     keep: Keep = Keep.last
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    # Replay each full-size training step as one CUDA graph (graphed.py): auto = on when
+    # training on CUDA and the configuration allows it; true = the same, but a
+    # configuration that cannot be graphed is an error; false = always the eager loop.
+    # A string, not an Enum, because YAML and overrides turn true/false into booleans.
+    cuda_graph: str = "auto"
 
 
 @dataclass
@@ -400,6 +405,8 @@ def validate(cfg: DictConfig) -> None:
     _check(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1")
     _check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "must be >= 1")
     _check(t.eval_batch_size >= 1, "trainer.eval_batch_size", t.eval_batch_size, "must be >= 1")
+    _check(str(t.cuda_graph).lower() in ("auto", "true", "false"), "trainer.cuda_graph",
+           t.cuda_graph, "must be auto, true or false")
     _check(0 <= cfg.loss.label_smoothing < 1, "loss.label_smoothing", cfg.loss.label_smoothing,
            "must be in [0, 1)")
     s = cfg.sched

@@ -228,48 +228,73 @@ def load(data_cfg: Any, device: torch.device | str = "cpu", seed: int = 0) -> Da
 
 
 # ----------------------------------------------------------------------------- batches
-def prepare(images: torch.Tensor, mean: float, std: float, aug: Any = None,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+def prepare(images: torch.Tensor, mean: float, std: float,
+            aug: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """uint8 [B,1,H,W] -> float in [0,1] -> augmented (training only) -> standardised,
-    in channels_last layout like the models (see engine.place_model)."""
+    in channels_last layout like the models (see engine.place_model). `aug` holds each
+    image's augmentation parameters (a slice of an EpochDraw's)."""
     x = images.float().mul_(1 / 255)
-    if aug is not None and augments(aug):
-        x = augment(x, aug, generator)
+    if aug:
+        x = augment(x, aug)
     return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
-            device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-    """Index slices of one permutation (shuffled when a generator is given), on the device.
-
-    The permutation is drawn on the CPU from the seeded generator, so the order
-    is the same on every device, and moved once per epoch, not once per batch.
-    """
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    yield from order.to(device).split(batch_size)
+def batches(n: int, batch_size: int, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """Index slices 0..n-1 in order (evaluation), made on the device."""
+    yield from torch.arange(n, device=device).split(batch_size)
 
 
-def augment(images: torch.Tensor, aug: Any, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation/translation (one affine grid) and brightness on float [0,1] batches.
+@dataclass
+class EpochDraw:
+    """What one training epoch draws at random, all at once: the order of the images and
+    each position's augmentation parameters (absent when that augmentation is off).
 
-    Parameters are drawn on the CPU from the seeded generator, so a run is
-    reproducible on any device; the warp itself runs on the images' device.
-    """
-    b = images.shape[0]
-    if aug.rotation or aug.translate:
-        angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(aug.rotation)
-        shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * aug.translate * 2
-        cos, sin = angle.cos(), angle.sin()
+    Drawn on the CPU from the run's seeded generator, so a seed gives the same batches on
+    every device, and moved to the device once per epoch: a training step only gathers
+    its slice, with no host round-trip (which is what lets a CUDA graph replay it)."""
+
+    order: torch.Tensor  # int64 [n], a permutation of the training images
+    angle: torch.Tensor | None = None  # [n] radians
+    shift: torch.Tensor | None = None  # [n, 2] in affine_grid units (2 = the image side)
+    brightness: torch.Tensor | None = None  # [n] factors
+
+    def fields(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+    def to(self, device: torch.device | str) -> EpochDraw:
+        return EpochDraw(**{k: v.to(device) for k, v in self.fields().items()})
+
+    def copy_(self, other: EpochDraw) -> None:
+        """Overwrite in place (a captured CUDA graph keeps reading the same memory)."""
+        for k, v in self.fields().items():
+            v.copy_(getattr(other, k), non_blocking=True)
+
+    def augmentation(self, pos: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The augmentation parameters of the images at positions `pos` of the epoch."""
+        return {k: v[pos] for k, v in self.fields().items() if k != "order"}
+
+
+def draw_epoch(n: int, aug: Any, generator: torch.Generator) -> EpochDraw:
+    """The permutation, then the parameters of every augmentation that is on (CPU tensors)."""
+    draw = EpochDraw(order=torch.randperm(n, generator=generator))
+    if aug is not None and (aug.rotation or aug.translate):
+        draw.angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(aug.rotation)
         # affine_grid works in [-1, 1] coordinates: a shift of 2 is the full image side.
+        draw.shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * aug.translate * 2
+    if aug is not None and aug.brightness:
+        draw.brightness = 1 + (torch.rand(n, generator=generator) * 2 - 1) * aug.brightness
+    return draw
+
+
+def augment(images: torch.Tensor, aug: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Rotation/translation (one affine warp) and brightness of float [0,1] batches, with
+    per-image parameters from `EpochDraw.augmentation`."""
+    if "angle" in aug:
+        cos, sin, shift = aug["angle"].cos(), aug["angle"].sin(), aug["shift"]
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
                              torch.stack([sin, cos, shift[:, 1]], 1)], 1)
         grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
         images = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
-    if aug.brightness:
-        factor = 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * aug.brightness
-        images = images * factor.to(images)
+    if "brightness" in aug:
+        images = images * aug["brightness"].to(images).view(-1, 1, 1, 1)
     return images.clamp_(0, 1)
-
-
-def augments(aug: Any) -> bool:
-    return bool(aug.rotation or aug.translate or aug.brightness)

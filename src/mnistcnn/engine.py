@@ -1,9 +1,10 @@
 """The training loop and what it needs: device, seeds, optimizer, schedule, loss, evaluation.
 
-Read it top to bottom: `fit` runs epochs of `train_epoch`, each an index slice
-of the on-device training tensor per batch. Per-batch losses and correct
-counts stay on the device and are read once per epoch, so there is no host
-sync inside an epoch (unless a terminal progress bar asks for one now and then).
+Read it top to bottom: `fit` runs epochs of `train_epoch`, which runs `train_step`
+once per batch: an index slice of the on-device training tensor. Per-batch losses
+and correct counts stay on the device and are read every PROGRESS_EVERY batches
+(the divergence check) and at the epoch's end. On a GPU the full-size steps are
+replayed as one CUDA graph (graphed.py); the step is the same function.
 """
 
 from __future__ import annotations
@@ -25,8 +26,15 @@ from torch import nn
 from tqdm import tqdm
 
 from mnistcnn.config import choice
-from mnistcnn.data import Data, Split, batches, prepare
+from mnistcnn.data import Data, EpochDraw, Split, batches, draw_epoch, prepare
 from mnistcnn.errors import UserError
+from mnistcnn.graphed import (
+    CudaGraphStep,
+    graph_off_reason,
+    optimizer_options,
+    scheduled_hyperparameters,
+    with_optimizer_flags,
+)
 from mnistcnn.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
@@ -51,9 +59,11 @@ def place_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def autocast(device: torch.device, precision: Any):
-    """bf16 autocast for forward passes when asked for; a no-op context for fp32."""
+    """bf16 autocast for forward passes when asked for; a no-op context for fp32.
+    Without the cast cache, which a CUDA graph capture cannot use (each weight is cast
+    once per forward pass here anyway)."""
     return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=choice(precision) == "bf16")
+                          enabled=choice(precision) == "bf16", cache_enabled=False)
 
 
 def compiled(model: nn.Module, trainer) -> nn.Module:
@@ -90,8 +100,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def make_optimizer(params, cfg) -> torch.optim.Optimizer:
-    name, common = cfg.name, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+def make_optimizer(params, cfg, for_graph: bool = False) -> torch.optim.Optimizer:
+    """The configured optimizer; `for_graph` adds the flags a captured step needs."""
+    name = cfg.name
+    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
+              **optimizer_options(name, for_graph)}
     if name == "adam":
         return torch.optim.Adam(params, betas=tuple(cfg.betas), **common)
     if name == "adamw":
@@ -153,7 +166,10 @@ def make_loss(cfg, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], t
 
 
 def _smoothed_one_hot(y: torch.Tensor, k: int, smoothing: float) -> torch.Tensor:
-    return F.one_hot(y, k).float() * (1 - smoothing) + smoothing / k
+    # A comparison, not F.one_hot: one_hot checks the labels' range on the host, a sync
+    # that a CUDA graph capture cannot contain.
+    one_hot = (y[:, None] == torch.arange(k, device=y.device)).float()
+    return one_hot * (1 - smoothing) + smoothing / k
 
 
 # ----------------------------------------------------------------------------- state
@@ -177,20 +193,60 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class EpochTotals:
+    """Device tensors a training step adds to: where the next batch starts in the epoch's
+    order, the loss sum, the correct count and the first non-finite batch (-1: none).
+
+    Updated in place by the step, so a captured CUDA graph keeps adding to the same memory;
+    read on the host only every PROGRESS_EVERY batches and at the end of the epoch."""
+
+    def __init__(self, device: torch.device):
+        self.cursor = torch.zeros((), dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def reset(self) -> None:
+        self.cursor.zero_()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.bad_step.fill_(-1)
+
+
 class Training:
     """What the loop carries from epoch to epoch, and its checkpointable state."""
 
     def __init__(self, model: nn.Module, data: Data, cfg):
         self.model, self.data, self.cfg = model, data, cfg
+        self.device = data.train.images.device
         self.forward = compiled(model, cfg.trainer)
-        self.opt = make_optimizer(model.parameters(), cfg.optim)
+        self.graph_off_reason = graph_off_reason(cfg, self.device)
+        graphed = self.graph_off_reason is None
+        self.opt = make_optimizer(model.parameters(), cfg.optim, for_graph=graphed)
         self.steps = -(-len(data.train) // cfg.trainer.batch_size)
         self.sched, self.sched_unit = make_scheduler(self.opt, cfg.sched, cfg.trainer.epochs,
                                                      self.steps)
         self.loss_fn = make_loss(cfg.loss, data.num_classes)
         # A CPU generator drives shuffling and augmentation, so runs repeat across devices.
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.epoch_draw: EpochDraw | None = None  # on the device, overwritten every epoch
+        self.totals = EpochTotals(self.device)
+        # Positions 0..batch_size-1, added to the cursor to find a batch's images.
+        self.offsets = torch.arange(cfg.trainer.batch_size, device=self.device)
+        self.graph = CudaGraphStep(lambda: train_step(self, cfg.trainer.batch_size), self.opt,
+                                   scheduled_hyperparameters(cfg)) if graphed else None
+        if not graphed and self.device.type == "cuda":
+            log.info("training step runs eagerly: %s", self.graph_off_reason)
         self.records: list[dict] = []
+
+    def new_epoch(self) -> None:
+        """Draw the epoch's order and augmentation; zero the totals."""
+        draw = draw_epoch(len(self.data.train), self.cfg.data.augment, self.generator)
+        if self.epoch_draw is None:
+            self.epoch_draw = draw.to(self.device)
+        else:
+            self.epoch_draw.copy_(draw)
+        self.totals.reset()
 
     def state(self) -> dict:
         """Everything needed to continue after the last completed epoch."""
@@ -204,7 +260,7 @@ class Training:
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+        self.opt.load_state_dict(with_optimizer_flags(state["optimizer"], self.opt))
         if self.sched:
             self.sched.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
@@ -215,46 +271,60 @@ class Training:
 
 
 # ----------------------------------------------------------------------------- loops
+def train_step(t: Training, size: int) -> None:
+    """Forward, loss, backward and optimizer step on the next `size` images of the epoch.
+
+    The one training step: it runs eagerly on the CPU (and for an epoch's ragged last
+    batch), and the same function is captured as a CUDA graph on a GPU. So everything it
+    reads or writes lives in device tensors (the epoch's draw, the totals): no .item(), no
+    host->device copy, no Python value that changes from step to step."""
+    data, totals, draw = t.data, t.totals, t.epoch_draw
+    pos = totals.cursor + t.offsets[:size]
+    idx = draw.order[pos]
+    x = prepare(data.train.images[idx], data.mean, data.std, draw.augmentation(pos))
+    y = data.train.labels[idx]
+    with autocast(t.device, t.cfg.trainer.precision):
+        logits = t.forward(x)
+        loss = t.loss_fn(logits, y)
+    t.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    t.opt.step()
+    loss = loss.detach()
+    totals.loss_sum.add_(loss * size)
+    totals.correct.add_((logits.detach().argmax(1) == y).sum())
+    step = totals.cursor // t.cfg.trainer.batch_size
+    totals.bad_step.copy_(torch.where((totals.bad_step < 0) & ~loss.isfinite(), step,
+                                      totals.bad_step))
+    totals.cursor.add_(size)
+
+
 def train_epoch(t: Training, epoch: int, bar: tqdm | None,
                 stop: Callable[[], bool] | None) -> tuple[float, float]:
     """One pass over the training split; returns (mean loss, accuracy)."""
     t.model.train()
-    data, cfg = t.data, t.cfg
-    train, device = data.train, data.train.images.device
-    precision = cfg.trainer.precision
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    # Index of the first batch whose loss was not finite (-1: none), kept on the device
-    # and read only every PROGRESS_EVERY batches, so the check costs no sync per batch.
-    bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-    for step, idx in enumerate(batches(len(train), cfg.trainer.batch_size, t.generator, device)):
-        x = prepare(train.images[idx], data.mean, data.std, cfg.data.augment, t.generator)
-        y = train.labels[idx]
-        with autocast(device, precision):
-            logits = t.forward(x)
-            loss = t.loss_fn(logits, y)
-        t.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        t.opt.step()
+    t.new_epoch()
+    n, batch_size = len(t.data.train), t.cfg.trainer.batch_size
+    for step in range(t.steps):
+        size = min(batch_size, n - step * batch_size)
+        if t.graph is not None and size == batch_size:
+            t.graph()
+        else:
+            train_step(t, size)
         if t.sched_unit == "batch":
             t.sched.step()
-        loss = loss.detach()
-        loss_sum += loss * len(idx)
-        correct += (logits.detach().argmax(1) == y).sum()
-        bad_step = torch.where((bad_step < 0) & ~loss.isfinite(), step, bad_step)
-        last = step == t.steps - 1
-        if step % PROGRESS_EVERY == 0 or last:
-            if bad_step.item() >= 0:
-                raise Diverged(epoch, int(bad_step), t.opt.param_groups[0]["lr"])
+        if step % PROGRESS_EVERY == 0 or step == t.steps - 1:
+            # The only host reads inside an epoch: the divergence check and the bar.
+            if t.totals.bad_step.item() >= 0:
+                raise Diverged(epoch, int(t.totals.bad_step), t.opt.param_groups[0]["lr"])
             if bar is not None:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{t.totals.loss_sum.item() / (step * batch_size + size):.4f}")
         if bar is not None:
             bar.update(1)
         if stop is not None and stop():
             raise Interrupted(epoch, step)
     if t.sched_unit == "epoch":
         t.sched.step()
-    return loss_sum.item() / len(train), correct.item() / len(train)
+    return t.totals.loss_sum.item() / n, t.totals.correct.item() / n
 
 
 @torch.inference_mode()
@@ -265,7 +335,7 @@ def predict(model: nn.Module, split: Split, data: Data, batch_size: int,
     device = split.images.device
     with autocast(device, precision):
         return torch.cat([model(prepare(split.images[idx], data.mean, data.std)).float()
-                          for idx in batches(len(split), batch_size, None, device)])
+                          for idx in batches(len(split), batch_size, device)])
 
 
 def evaluate(model: nn.Module, split: Split, data: Data, loss_fn, batch_size: int,

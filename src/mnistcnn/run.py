@@ -37,6 +37,7 @@ from mnistcnn.engine import (
     seed_everything,
 )
 from mnistcnn.errors import UserError
+from mnistcnn.graphed import graph_off_reason
 from mnistcnn.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         tblog.check_available(cfg)
         report.check_settings(report.report_settings(cfg))
         device = resolve_device(cfg.trainer.device)
+        graph_off_reason(cfg, device)  # trainer.cuda_graph=true that cannot be: fail before data
         summary["device"] = str(device)
         files.write_json(summary_path, summary)
         seed_everything(cfg.seed, cfg.trainer.deterministic)

@@ -1,0 +1,170 @@
+"""The training step as one CUDA graph: captured once, replayed for every full-size batch.
+
+On a GPU the eager loop is bound by kernel launches: a step of these small nets is dozens
+of tiny kernels, and the GPU idles between them. Replaying the whole step (batch gather,
+augmentation, forward, loss, backward, optimizer) as one graph removes that overhead.
+The step itself is `engine.train_step`, the same function the CPU runs eagerly; this
+module only decides whether it can be captured, captures it and replays it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mnistcnn.config import choice
+from mnistcnn.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Eager steps before the capture: they are real training steps, run on a side stream so
+# cuDNN/cuBLAS pick their kernels and the optimizer creates its state outside the graph.
+WARMUP_STEPS = 3
+# Optimizer flags a graphed run sets (see optimizer_options), kept through a resume.
+OPTIMIZER_FLAGS = ("capturable", "fused", "foreach")
+
+
+def cuda_graph_setting(cfg) -> str:
+    """trainer.cuda_graph as "auto", "true" or "false" (YAML turns true/false into bools)."""
+    return str(cfg.trainer.cuda_graph).lower()
+
+
+def graph_off_reason(cfg, device: torch.device) -> str | None:
+    """None when the training step will be captured; otherwise why it runs eagerly.
+
+    A combination that cannot be graphed trains eagerly with `auto`; with
+    trainer.cuda_graph=true it is a user error, so nobody benchmarks the wrong loop."""
+    setting = cuda_graph_setting(cfg)
+    if setting == "false":
+        return "trainer.cuda_graph=false"
+    reason = None
+    if device.type != "cuda":
+        reason = f"CUDA graphs need a GPU and this run trains on {device.type}"
+    elif cfg.trainer.compile:
+        reason = ("trainer.compile=true (torch.compile makes its own graphs with "
+                  "trainer.compile_mode=reduce_overhead)")
+    elif choice(cfg.sched.name) == "onecycle" and choice(cfg.optim.name) in ("sgd", "rmsprop"):
+        reason = (f"sched=onecycle cycles optim.momentum, which a captured "
+                  f"{choice(cfg.optim.name)} step would read as a constant")
+    if reason is not None and setting == "true":
+        raise UserError(f"trainer.cuda_graph=true but {reason}; "
+                        f"use trainer.cuda_graph=auto or false")
+    return reason
+
+
+def scheduled_hyperparameters(cfg) -> tuple[str, ...]:
+    """The param_group keys the schedule changes during training: a replayed graph must read
+    them from device tensors. Constant ones are baked into the graph as numbers."""
+    sched, optim = choice(cfg.sched.name), choice(cfg.optim.name)
+    if sched == "none":
+        return ()
+    if sched == "onecycle" and optim in ("adam", "adamw"):
+        return ("lr", "betas")  # one-cycle moves Adam's beta1 against the learning rate
+    return ("lr",)
+
+
+def optimizer_options(name: str, for_graph: bool) -> dict[str, Any]:
+    """Constructor flags that let an optimizer step be captured and read its learning rate
+    (and Adam's betas) from device tensors: `capturable` keeps the step count on the GPU;
+    SGD has no such flag, and its fused kernel is the one that takes a tensor lr."""
+    if not for_graph:
+        return {}
+    return {"fused": True} if name == "sgd" else {"capturable": True}
+
+
+def with_optimizer_flags(saved: dict, opt: torch.optim.Optimizer) -> dict:
+    """A saved optimizer state whose groups carry `opt`'s capturable/fused/foreach flags, so
+    a run saved on one device or loop resumes on another (load_state_dict moves the step
+    counts where those flags want them)."""
+    saved = copy.copy(saved)
+    flags = {k: v for k, v in opt.param_groups[0].items() if k in OPTIMIZER_FLAGS}
+    saved["param_groups"] = [{**group, **flags} for group in saved["param_groups"]]
+    return saved
+
+
+class CudaGraphStep:
+    """Call it instead of `step()` for every full-size batch.
+
+    The first WARMUP_STEPS calls run `step` eagerly on a side stream; the next captures it
+    and every call from then on replays the graph. Hyperparameters a schedule changes
+    (`scheduled`, from scheduled_hyperparameters) stay
+    floats in the optimizer's param_groups (so schedules, checkpoints and logs work as in
+    the eager loop); only while capturing do the groups hold device tensors, which the graph
+    reads on every replay and which are refreshed from the floats when a schedule moved them.
+    A capture that fails leaves the run training eagerly, with one warning line."""
+
+    def __init__(self, step: Callable[[], None], opt: torch.optim.Optimizer,
+                 scheduled: tuple[str, ...] = (), warmup: int = WARMUP_STEPS):
+        self.step, self.opt, self.scheduled, self.warmup_left = step, opt, scheduled, warmup
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.failed = False
+        self.side_stream: torch.cuda.Stream | None = None
+        self.hyper: list[dict[str, Any]] = []  # per group: device tensors the graph reads
+        self.written: list[dict[str, Any]] = []  # per group: the floats last written there
+
+    def __call__(self) -> None:
+        if self.failed:
+            self.step()
+            return
+        if self.graph is None:
+            if self.warmup_left > 0:
+                self.warmup_left -= 1
+                self._warm_up()
+                return
+            if not self._capture():
+                self.step()
+                return
+        self._refresh_hyperparameters()
+        self.graph.replay()
+
+    def _warm_up(self) -> None:
+        if self.side_stream is None:
+            self.side_stream = torch.cuda.Stream()
+        self.side_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side_stream):
+            self.step()
+        torch.cuda.current_stream().wait_stream(self.side_stream)
+
+    def _capture(self) -> bool:
+        """Capture `step` (which records kernels and runs none); True when it worked."""
+        groups = self.opt.param_groups
+        device = groups[0]["params"][0].device
+        floats = [{k: g[k] for k in self.scheduled} for g in groups]
+        self.hyper = [{k: (tuple(torch.tensor(float(b), device=device) for b in v)
+                           if k == "betas" else torch.tensor(float(v), device=device))
+                       for k, v in f.items()} for f in floats]
+        graph = torch.cuda.CUDAGraph()
+        try:
+            for group, tensors in zip(groups, self.hyper, strict=True):
+                group.update(tensors)
+            with torch.cuda.graph(graph):
+                self.step()
+        except RuntimeError as e:
+            self.failed = True
+            log.warning("CUDA graph capture of the training step failed (%s); this run "
+                        "trains eagerly", str(e).splitlines()[0])
+            return False
+        finally:
+            for group, values in zip(groups, floats, strict=True):
+                group.update(values)
+        self.graph, self.written = graph, floats
+        return True
+
+    def _refresh_hyperparameters(self) -> None:
+        """Write into the graph's tensors the values a schedule gave the param_groups."""
+        for group, tensors, written in zip(self.opt.param_groups, self.hyper, self.written,
+                                           strict=True):
+            for key, tensor in tensors.items():
+                value = group[key]
+                if value == written[key]:
+                    continue
+                if key == "betas":
+                    for t, v in zip(tensor, value, strict=True):
+                        t.fill_(float(v))
+                else:
+                    tensor.fill_(float(value))
+                written[key] = value
