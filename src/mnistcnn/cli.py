@@ -16,13 +16,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnistcnn import models
+from mnistcnn import digits, files, models, plots, tblog
 from mnistcnn.compare import build as build_comparison
 from mnistcnn.compare import console_text, default_out_dir, load_runs
 from mnistcnn.compare import write as write_comparison
 from mnistcnn.config import CONF_DIR, register_configs, validate
 from mnistcnn.errors import UserError, exit_with
-from mnistcnn.run import evaluate_run, resume_run, train_run
+from mnistcnn.run import classify, evaluate_run, resume_run, train_run, write_image_predictions
 
 log = logging.getLogger("mnistcnn")
 register_configs()
@@ -37,6 +37,7 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig
 def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked without data: schema (done by compose), ranges, shapes."""
     validate(cfg)
+    tblog.check_available(cfg)
     models.build(cfg.model, len(cfg.data.classes) if cfg.data.classes else 10)
 
 
@@ -161,6 +162,49 @@ def compare(args: list[str]) -> None:
     print(f"-> {written[0]} ({', '.join(p.name for p in written[1:])})")
 
 
+def predict(args: list[str]) -> None:
+    """predict run=PATH IMAGE_OR_FOLDER ... [device=auto] [--out FILE.csv] [--show]"""
+    parser = argparse.ArgumentParser(
+        prog="python -m mnistcnn predict",
+        description="Classify PNG, JPEG or BMP files with a finished run's model.pt.")
+    parser.add_argument("items", nargs="+", metavar="run=PATH | IMAGE_OR_FOLDER",
+                        help="run=PATH of a finished run, [device=auto|cpu|cuda], then "
+                        "image files or folders of them")
+    parser.add_argument("--out", metavar="FILE.csv", help="also write the predictions here")
+    parser.add_argument("--show", action="store_true",
+                        help="write the 28x28 inputs as the model saw them, with the "
+                        "predictions, to a PNG sheet: FILE.png beside --out FILE.csv, else "
+                        "predictions.png in the current folder")
+    opts = parser.parse_args(args)
+    settings = dict(i.split("=", 1) for i in opts.items if i.startswith(("run=", "device=")))
+    paths = [i for i in opts.items if not i.startswith(("run=", "device="))]
+    if "run" not in settings or not paths:
+        raise UserError("usage: python -m mnistcnn predict run=PATH IMAGE_OR_FOLDER ... "
+                        "[--out FILE.csv] [--show]")
+    read, images, problems = digits.read_all(paths)
+    for problem in problems:
+        print(f"warning: {problem}; skipped", file=sys.stderr)
+    if not read:
+        raise UserError(f"no digit could be read from {' '.join(paths)}; pass PNG, JPEG or "
+                        f"BMP files or folders holding them")
+    rows = classify(settings["run"], read, images, settings.get("device", "auto"))
+    for row in rows:
+        top = ", ".join(f"{name} {100 * p:.1f}%" for name, p in row["top"])
+        print(f"{row['file']}  {row['pred']}  {100 * row['confidence']:.1f}%  top-3: {top}")
+    if opts.out:
+        write_image_predictions(Path(opts.out), rows)
+        print(f"-> {opts.out}")
+    if opts.show:
+        sheet = Path(opts.out).with_suffix(".png") if opts.out else Path("predictions.png")
+        names = [Path(r["file"]).name for r in rows]
+        captions = [f"{n if len(n) <= 18 else n[:17] + '…'}\n{r['pred']} "
+                    f"{100 * r['confidence']:.0f}%" for n, r in zip(names, rows, strict=True)]
+        fig = plots.gallery(images, captions,
+                            f"{len(rows)} inputs as the model of {settings['run']} saw them")
+        files.atomic_write(sheet, lambda f: f.write(plots.to_png(fig)))
+        print(f"-> {sheet}")
+
+
 def single_run_resume(overrides: list[str]) -> str | None:
     """The folder of `train resume=PATH` (a run continues with its own saved config)."""
     values = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
@@ -212,4 +256,6 @@ COMMANDS = {
     "studies": (studies, "run the study presets and write the book of findings: "
                          "studies [NAME ...] [KEY=VALUE ...] [--quick] [--jobs N] [--out DIR] "
                          "[--resume]"),
+    "predict": (predict, "classify image files with a finished run: predict run=PATH "
+                "IMAGE_OR_FOLDER ... [--out FILE.csv] [--show]"),
 }

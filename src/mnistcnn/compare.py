@@ -32,7 +32,8 @@ from mnistcnn.pages import ABSENT, md_table  # ABSENT: a key or metric a run lac
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 # Where the data lives, where it runs, how a run is reported or resumed: two runs that
 # differ only in these ran the same experiment, so they pool into one row.
-NOT_SETTINGS = ("data.dir", "trainer.device", "trainer.eval_batch_size", "report.", "resume")
+NOT_SETTINGS = ("data.dir", "trainer.device", "trainer.cuda_graph", "trainer.eval_batch_size",
+                "report.", "resume", "logger.")
 # The summary numbers of the main table: (summary.json key, header, how to show it).
 TABLE_METRICS = [
     ("final/train/acc", "train acc (%)", "acc"),

@@ -56,6 +56,11 @@ class Precision(Enum):
     bf16 = "bf16"  # bfloat16 autocast for forward passes; weights and optimizer stay fp32
 
 
+class Keep(Enum):
+    last = "last"  # the final epoch's weights
+    best = "best"  # the weights of the epoch with the best trainer.early_stop.monitor
+
+
 class CompileMode(Enum):
     default = "default"
     reduce_overhead = "reduce-overhead"  # CUDA graphs on a GPU
@@ -239,12 +244,44 @@ class OneCycleSchedConfig(SchedConfig):
     pct_start: float = 0.3
 
 
+@dataclass
+class PlateauSchedConfig(SchedConfig):
+    """ReduceLROnPlateau on trainer.early_stop.monitor, stepped once per epoch."""
+
+    name: str = "plateau"
+    factor: float = 0.1  # lr multiplier at each reduction
+    patience: int = 2  # epochs without improvement before the rate is reduced
+    min_lr: float = 0.0
+
+
 SCHED_SCHEMAS = {
     "none": NoSchedConfig,
     "step": StepSchedConfig,
     "cosine": CosineSchedConfig,
     "onecycle": OneCycleSchedConfig,
+    "plateau": PlateauSchedConfig,
 }
+
+
+# ----------------------------------------------------------------------------- loggers
+@dataclass
+class LoggerConfig:
+    name: str = MISSING
+
+
+@dataclass
+class NoLoggerConfig(LoggerConfig):
+    name: str = "none"
+
+
+@dataclass
+class TensorBoardLoggerConfig(LoggerConfig):
+    """Per-epoch scalars and, at the end, hyperparameters with final metrics in RUN/tb/."""
+
+    name: str = "tensorboard"
+
+
+LOGGER_SCHEMAS = {"none": NoLoggerConfig, "tensorboard": TensorBoardLoggerConfig}
 
 
 # ----------------------------------------------------------------------------- top level
@@ -252,6 +289,19 @@ SCHED_SCHEMAS = {
 class LossConfig:
     name: Loss = Loss.cross_entropy
     label_smoothing: float = 0.0
+
+
+# What early stopping, trainer.keep=best and sched=plateau watch; accuracies are maximised,
+# losses minimised.
+MONITORS = ("val/acc", "val/loss", "train/acc", "train/loss")
+
+
+@dataclass
+class EarlyStopConfig:
+    monitor: str = "val/acc"  # one of MONITORS; train/* when there is no val split
+    patience: int = 0  # stop after this many epochs without improvement; 0 = never
+    min_delta: float = 0.0  # the smallest change that counts as an improvement
+    target: float | None = None  # stop as soon as the monitored value reaches this
 
 
 @dataclass
@@ -268,6 +318,10 @@ class TrainerConfig:
     # at the first batch of each batch shape and counted in the first epoch's time).
     compile: bool = False
     compile_mode: CompileMode = CompileMode.default
+    # Which weights model.pt holds and the test set is scored on: the last epoch's (what
+    # the studies report) or those of the best epoch by early_stop.monitor.
+    keep: Keep = Keep.last
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     # Replay each full-size training step as one CUDA graph (graphed.py): auto = on when
     # training on CUDA and the configuration allows it; true = the same, but a
     # configuration that cannot be graphed is an error; false = always the eager loop.
@@ -289,6 +343,7 @@ class Config:
     data: DataConfig = MISSING
     optim: Any = MISSING
     sched: Any = MISSING
+    logger: Any = MISSING
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -304,7 +359,8 @@ def register_configs() -> None:
     cs.store(name="base_config", node=Config)
     cs.store(group="schema/data", name="data", node=DataConfig)
     for group, schemas in (("model", MODEL_SCHEMAS), ("optim", OPTIM_SCHEMAS),
-                           ("sched", SCHED_SCHEMAS)):
+                           ("sched", SCHED_SCHEMAS),
+                           ("logger", LOGGER_SCHEMAS)):
         for name, node in schemas.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
 
@@ -362,6 +418,11 @@ def validate(cfg: DictConfig) -> None:
     if s.name == "onecycle":
         _check(0 < s.pct_start < 1, "sched.pct_start", s.pct_start, "must be in (0, 1)")
         _check(s.max_lr is None or s.max_lr > 0, "sched.max_lr", s.max_lr, "must be > 0 or null")
+    if s.name == "plateau":
+        _check(0 < s.factor < 1, "sched.factor", s.factor, "must be in (0, 1)")
+        _check(s.patience >= 0, "sched.patience", s.patience, "must be >= 0")
+        _check(0 <= s.min_lr < o.lr, "sched.min_lr", s.min_lr, f"must be in [0, optim.lr={o.lr})")
+    validate_early_stop(cfg)
 
     _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
     for key in ("conv_dropout",):
@@ -396,6 +457,31 @@ def validate(cfg: DictConfig) -> None:
     _check(0 <= a.translate < 1, "data.augment.translate", a.translate, "fraction in [0, 1)")
     _check(0 <= a.brightness < 1, "data.augment.brightness", a.brightness, "must be in [0, 1)")
     validate_classes(d.classes)
+
+
+def validate_early_stop(cfg: DictConfig) -> None:
+    """trainer.early_stop ranges, and a monitored value that the run will have: val/*
+    needs a validation split whenever something watches it."""
+    t, es = cfg.trainer, cfg.trainer.early_stop
+    _check(es.monitor in MONITORS, "trainer.early_stop.monitor", es.monitor,
+           f"choose one of {', '.join(MONITORS)}")
+    _check(es.patience >= 0, "trainer.early_stop.patience", es.patience, "must be >= 0 (0 = off)")
+    _check(es.min_delta >= 0, "trainer.early_stop.min_delta", es.min_delta, "must be >= 0")
+    if es.target is not None:
+        if es.monitor.endswith("/acc"):
+            _check(0 < es.target <= 1, "trainer.early_stop.target", es.target,
+                   "an accuracy is a fraction in (0, 1], e.g. 0.99")
+        else:
+            _check(es.target >= 0, "trainer.early_stop.target", es.target, "a loss is >= 0")
+    watchers = [name for name, on in (
+        ("trainer.early_stop.patience", es.patience > 0),
+        ("trainer.early_stop.target", es.target is not None),
+        ("trainer.keep=best", choice(t.keep) == "best"),
+        ("sched=plateau", cfg.sched.name == "plateau")) if on]
+    if watchers and es.monitor.startswith("val/") and cfg.data.val_size == 0:
+        raise UserError(f"{watchers[0]} watches trainer.early_stop.monitor={es.monitor}, but "
+                        f"data.val_size=0 leaves no validation split; set data.val_size "
+                        f"(e.g. 10000) or trainer.early_stop.monitor=train/loss")
 
 
 def saved_config(saved: Any) -> DictConfig:

@@ -35,6 +35,7 @@ from mnistcnn.graphed import (
     scheduled_hyperparameters,
     with_optimizer_flags,
 )
+from mnistcnn.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 25  # batches between progress-bar updates (each update syncs the device)
@@ -120,7 +121,8 @@ def make_optimizer(params, cfg, for_graph: bool = False) -> torch.optim.Optimize
 
 
 def make_scheduler(opt, cfg, epochs: int, steps_per_epoch: int):
-    """(scheduler or None, "epoch" | "batch"): step decays per epoch, the others per batch."""
+    """(scheduler or None, "epoch" | "batch" | "plateau"): step decays per epoch, cosine and
+    onecycle per batch; plateau is stepped by `fit` with the monitored value after each epoch."""
     total = epochs * steps_per_epoch
     if cfg.name == "none":
         return None, None
@@ -132,6 +134,12 @@ def make_scheduler(opt, cfg, epochs: int, steps_per_epoch: int):
         max_lr = cfg.max_lr or opt.param_groups[0]["lr"]
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, total_steps=total,
                                                    pct_start=cfg.pct_start), "batch"
+    if cfg.name == "plateau":
+        # Minimises EarlyStopping.score (accuracies come negated); "abs" because the
+        # default relative threshold assumes positive values. Any improvement counts.
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.factor, patience=cfg.patience, threshold=0.0,
+            threshold_mode="abs", min_lr=cfg.min_lr), "plateau"
     raise ValueError(f"unknown schedule {cfg.name}")
 
 
@@ -247,7 +255,8 @@ class Training:
                           self.model.state_dict().items()},
                 "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict() if self.sched else None,
-                "generator": self.generator.get_state(), "rng": rng_state()}
+                "generator": self.generator.get_state(), "rng": rng_state(),
+                "stopper": self.stopper.state_dict()}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -257,6 +266,8 @@ class Training:
         self.generator.set_state(state["generator"])
         set_rng_state(state["rng"])
         self.records = list(state["records"])
+        if state.get("stopper") is not None:  # absent in checkpoints from before it existed
+            self.stopper.load_state_dict(state["stopper"])
 
 
 # ----------------------------------------------------------------------------- loops
@@ -337,17 +348,22 @@ def evaluate(model: nn.Module, split: Split, data: Data, loss_fn, batch_size: in
 
 
 def fit(model: nn.Module, data: Data, cfg, on_epoch: Callable[[dict, Training], None],
-        resume: dict | None = None, stop: Callable[[], bool] | None = None) -> list[dict]:
-    """Train for cfg.trainer.epochs (continuing from a `Training.state()` when resuming);
-    call on_epoch(record, training) as each epoch ends. `stop` is polled after every
+        resume: dict | None = None, stop: Callable[[], bool] | None = None,
+        stopper: EarlyStopping | None = None) -> list[dict]:
+    """Train for cfg.trainer.epochs (continuing from a `Training.state()` when resuming),
+    or until `stopper` (built from cfg.trainer when not given) says stop; call
+    on_epoch(record, training) as each epoch ends. `stop` is polled after every
     batch: when it returns True the loop raises Interrupted after that batch."""
     reuse_freed_memory()
     t = Training(model, data, cfg)
+    t.stopper = stopper if stopper is not None else EarlyStopping.from_config(cfg.trainer)
     if resume is not None:
         t.load_state(resume)
     interactive = sys.stderr.isatty()
     epochs = cfg.trainer.epochs
     for epoch in range(len(t.records) + 1, epochs + 1):
+        if t.stopper.stopped:  # also when resuming a run that had stopped
+            break
         lr = t.opt.param_groups[0]["lr"]
         start = time.perf_counter()
         bar = tqdm(total=t.steps, desc=f"epoch {epoch}/{epochs}", leave=False,
@@ -368,6 +384,9 @@ def fit(model: nn.Module, data: Data, cfg, on_epoch: Callable[[dict, Training], 
         key = "val/acc" if data.val is not None else "train/acc"
         record["acc_change"] = record[key] - t.records[-1][key] if t.records else None
         t.records.append(record)
+        t.stopper.update(record, t.model)
+        if t.sched_unit == "plateau":
+            t.sched.step(t.stopper.score(record))
         on_epoch(record, t)
     return t.records
 

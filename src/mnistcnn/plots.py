@@ -52,9 +52,11 @@ def _title_height(title: str, width: float) -> float:
 
 
 # ----------------------------------------------------------------------------- curves
-def curves(records: Sequence[dict], metric: str, test_value: float | None, title: str) -> Figure:
+def curves(records: Sequence[dict], metric: str, test_value: float | None, title: str,
+           marks: dict[str, int] | None = None, test_epoch: int | None = None) -> Figure:
     """Train and val `metric` ("loss" or "acc") per epoch on one axis; the test value of the
-    final model is a star at the last epoch. Accuracies are drawn in percent."""
+    scored model is a star at `test_epoch` (default: the last). `marks` {label: epoch} are
+    dashed vertical lines (the best epoch, an early stop). Accuracies are drawn in percent."""
     scale, ylabel = (100, "accuracy (%)") if metric == "acc" else (1, "loss")
     fig = _figure(*CURVE_SIZE, title)
     ax = fig.add_subplot()
@@ -66,8 +68,12 @@ def curves(records: Sequence[dict], metric: str, test_value: float | None, title
     if test_value is not None and records:
         value = test_value * scale
         text = f"{value:.2f}%" if metric == "acc" else f"{value:.4f}"
-        ax.plot(records[-1]["epoch"], value, marker="*", markersize=14, linestyle="none",
-                color="C3", label=f"test (final) {text}")
+        at = test_epoch or records[-1]["epoch"]
+        which = "final" if at == records[-1]["epoch"] else f"epoch {at}"
+        ax.plot(at, value, marker="*", markersize=14, linestyle="none",
+                color="C3", label=f"test ({which}) {text}")
+    for i, (label, epoch) in enumerate((marks or {}).items()):
+        ax.axvline(epoch, linestyle="--", linewidth=1, color=f"C{4 + i}", label=label)
     # min_n_ticks=1: a one-epoch run gets the tick "1", not fractions around it.
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if records:  # else one epoch spans 0.95-1.05 and the ticks would be fractions

@@ -225,8 +225,15 @@ def _curves(view: RunView, metric: str, what: str) -> Figure:
     test = (metrics.accuracy(view.predictions.labels, view.predictions.preds) if metric == "acc"
             else view.summary.get("test/loss"))
     shown = "—" if test is None else (f"{100 * test:.2f}%" if metric == "acc" else f"{test:.4f}")
-    title = f"{view.label}\n{what} per epoch; test/{metric} of the final model {shown}"
-    return plots.curves(view.records, metric, test, title)
+    s = view.summary
+    best = s.get("best_epoch")
+    kept = best if choice(view.cfg.trainer.get("keep", "last")) == "best" else None
+    model = f"model kept from epoch {kept}" if kept else "final model"
+    title = f"{view.label}\n{what} per epoch; test/{metric} of the {model} {shown}"
+    marks = {f"best {s['monitor']} (epoch {best})": best} if best else {}
+    if s.get("stopped_early"):
+        marks[f"stopped early (epoch {s['epochs']})"] = s["epochs"]
+    return plots.curves(view.records, metric, test, title, marks, kept)
 
 
 def _confusion(view: RunView) -> Figure:

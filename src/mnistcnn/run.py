@@ -6,7 +6,9 @@ so `evaluate` can rebuild the evaluation files later from model.pt alone.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import platform
@@ -16,12 +18,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mnistcnn import data as data_mod
-from mnistcnn import files, models, report
-from mnistcnn.config import saved_config, to_plain, validate
+from mnistcnn import files, models, report, tblog
+from mnistcnn.config import choice, saved_config, to_plain, validate
 from mnistcnn.engine import (
     Diverged,
     Interrupted,
@@ -29,11 +32,13 @@ from mnistcnn.engine import (
     fit,
     make_loss,
     place_model,
+    predict,
     resolve_device,
     seed_everything,
 )
 from mnistcnn.errors import UserError
 from mnistcnn.graphed import graph_off_reason
+from mnistcnn.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
                "started": _now(), "torch": torch.__version__, "host": platform.node()}
     try:
         validate(cfg)
+        tblog.check_available(cfg)
         report.check_settings(report.report_settings(cfg))
         device = resolve_device(cfg.trainer.device)
         graph_off_reason(cfg, device)  # trainer.cuda_graph=true that cannot be: fail before data
@@ -131,20 +137,29 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         if state:
             log.info("resuming %s after epoch %d", run_dir, state["epoch"])
         epochs = cfg.trainer.epochs
+        stopper = EarlyStopping.from_config(cfg.trainer)
+        tb = tblog.open_log(cfg, run_dir, first_epoch=len((state or {}).get("records", [])) + 1)
 
         def on_epoch(record: dict, training) -> None:
             files.append_jsonl(metrics_path, record)
             files.save_torch(last_path, {**training.state(), **run_identity(cfg, data)})
+            if tb is not None:
+                tb.epoch(record)
             log.info(format_epoch(record, epochs))
+            if stopper.stopped:
+                log.info(stopper.describe())
 
         t0 = time.perf_counter()
         with StopOnSignal() as stop:
             try:
-                records = fit(model, data, cfg, on_epoch, resume=state, stop=stop)
+                records = fit(model, data, cfg, on_epoch, resume=state, stop=stop,
+                              stopper=stopper)
             except Interrupted as e:
                 e.signum = stop.signum or e.signum
                 raise
         summary["train_time_s"] = round(time.perf_counter() - t0, 3)
+        if choice(cfg.trainer.keep) == "best":
+            model.load_state_dict(stopper.best_weights)
 
         test_loss, test_acc, logits = evaluate(model, data.test, data,
                                                make_loss(cfg.loss, data.num_classes),
@@ -156,12 +171,15 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         summary.update({f"final/{k}": v for k, v in last.items()
                         if k in ("train/loss", "train/acc", "val/loss", "val/acc")})
         summary.update({"test/loss": test_loss, "test/acc": test_acc, "epochs": len(records),
+                        **stopper.summary(epochs, len(records)),
                         "status": "completed", "finished": _now()})
         t0 = time.perf_counter()
         summary.update(report.write_run_files(run_dir, cfg, model, data, summary))
         summary["report_time_s"] = round(time.perf_counter() - t0, 3)
         files.write_json(summary_path, summary)
-        # model.pt holds the final weights; the resume state is no longer needed.
+        if tb is not None:
+            tb.finish(cfg, summary)
+        # model.pt holds the kept weights; the resume state is no longer needed.
         last_path.unlink(missing_ok=True)
         log.info("test/loss %.4f  test/acc %.2f%%  (%d epochs, %.1fs training)  -> %s",
                  test_loss, 100 * test_acc, len(records), summary["train_time_s"], run_dir)
@@ -245,20 +263,27 @@ def load_checkpoint(run_dir: Path) -> dict:
     return safe_load(path, "an mnistcnn checkpoint; pass a run folder written by `train`")
 
 
-def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
-    """Re-evaluate a finished run on its test set from model.pt and its saved config."""
-    run_dir = Path(run_dir)
+def load_run_model(run_dir: Path, device: torch.device
+                   ) -> tuple[torch.nn.Module, DictConfig, dict]:
+    """(model with model.pt's weights on the device, saved config, checkpoint)."""
     ckpt = load_checkpoint(run_dir)
     cfg = saved_config(ckpt["config"])
-    device = resolve_device(device_name)
-    data = data_mod.load(cfg.data, device, cfg.seed)
-    data = dataclasses.replace(data, mean=ckpt["mean"], std=ckpt["std"])
     model = place_model(models.build(cfg.model, len(ckpt["class_names"])), device)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise UserError(f"{run_dir / 'model.pt'} does not match its config's model "
                         f"({cfg.model.name}); the checkpoint is from a different model") from e
+    return model, cfg, ckpt
+
+
+def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
+    """Re-evaluate a finished run on its test set from model.pt and its saved config."""
+    run_dir = Path(run_dir)
+    device = resolve_device(device_name)
+    model, cfg, ckpt = load_run_model(run_dir, device)
+    data = data_mod.load(cfg.data, device, cfg.seed)
+    data = dataclasses.replace(data, mean=ckpt["mean"], std=ckpt["std"])
     loss, acc, logits = evaluate(model, data.test, data, make_loss(cfg.loss, data.num_classes),
                                  cfg.trainer.eval_batch_size, cfg.trainer.precision)
     write_predictions(run_dir / "predictions.csv", data.test.labels, logits)
@@ -275,6 +300,38 @@ def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
         files.write_json(summary_path, {**summary, **keys})
     log_class_findings(result)
     return result
+
+
+def classify(run_dir: str | Path, paths: list[Path], images: np.ndarray,
+             device_name: str = "auto") -> list[dict]:
+    """Per digit (uint8 [N, 28, 28], read from `paths`) by a finished run's model.pt,
+    normalised as its training data was: file, predicted class name, its probability and
+    the top 3 as (class name, probability)."""
+    device = resolve_device(device_name)
+    model, cfg, ckpt = load_run_model(Path(run_dir), device)
+    split = data_mod.Split(torch.from_numpy(images).unsqueeze(1).to(device),
+                           torch.zeros(len(images), dtype=torch.int64, device=device))
+    # engine.predict reads only the normalisation from a Data; the digits are its test split.
+    data = data_mod.Data(train=split, val=None, test=split, class_names=ckpt["class_names"],
+                         mean=ckpt["mean"], std=ckpt["std"])
+    logits = predict(model, split, data, cfg.trainer.eval_batch_size, cfg.trainer.precision)
+    names = data.class_names
+    values, indices = torch.softmax(logits, dim=1).topk(min(3, len(names)), dim=1)
+    return [{"file": str(path), "pred": names[idx[0]], "confidence": p[0],
+             "top": [(names[i], v) for i, v in zip(idx, p, strict=True)]}
+            for path, p, idx in zip(paths, values.tolist(), indices.tolist(), strict=True)]
+
+
+def write_image_predictions(path: Path, rows: list[dict]) -> None:
+    """`predict --out`: one CSV row per image with its top 3 classes."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "pred", "confidence", "top2", "top2_confidence", "top3",
+                     "top3_confidence"])
+    for row in rows:
+        rest = [x for name, p in row["top"][1:] for x in (name, f"{p:.6f}")]
+        writer.writerow([row["file"], row["pred"], f"{row['confidence']:.6f}", *rest])
+    files.write_text(path, buf.getvalue())
 
 
 def log_class_findings(summary: dict) -> None:
