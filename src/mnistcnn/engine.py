@@ -220,8 +220,8 @@ class Training:
         self.model, self.data, self.cfg = model, data, cfg
         self.device = data.train.images.device
         self.forward = compiled(model, cfg.trainer)
-        self.graph_off_reason = graph_off_reason(cfg, self.device)
-        graphed = self.graph_off_reason is None
+        off_reason = graph_off_reason(cfg, self.device)
+        graphed = off_reason is None
         self.opt = make_optimizer(model.parameters(), cfg.optim, for_graph=graphed)
         self.steps = -(-len(data.train) // cfg.trainer.batch_size)
         self.sched, self.sched_unit = make_scheduler(self.opt, cfg.sched, cfg.trainer.epochs,
@@ -236,7 +236,7 @@ class Training:
         self.graph = CudaGraphStep(lambda: train_step(self, cfg.trainer.batch_size), self.opt,
                                    scheduled_hyperparameters(cfg)) if graphed else None
         if not graphed and self.device.type == "cuda":
-            log.info("training step runs eagerly: %s", self.graph_off_reason)
+            log.info("training step runs eagerly: %s", off_reason)
         self.records: list[dict] = []
 
     def new_epoch(self) -> None:
