@@ -40,8 +40,9 @@ def test_nesterov_without_momentum_is_a_user_error():
         engine.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
 
 
-def lrs(sched_name, epochs=2, steps=5, **extra):
-    cfg = compose_config([f"sched={sched_name}", *[f"sched.{k}={v}" for k, v in extra.items()]])
+def lrs(sched_name, epochs=2, steps=5, optim="adam", **extra):
+    cfg = compose_config([f"sched={sched_name}", f"optim={optim}",
+                          *[f"sched.{k}={v}" for k, v in extra.items()]])
     opt = engine.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
     sched, unit = engine.make_scheduler(opt, cfg.sched, epochs, steps)
     seen = []
@@ -64,6 +65,8 @@ def test_schedules():
     assert cosine[0] == 1e-3 and cosine[-1] < 1e-4 and cosine == sorted(cosine, reverse=True)
     one = lrs("onecycle", max_lr=0.01)
     assert max(one) == pytest.approx(0.01, rel=0.05) and one[0] < 0.001 and one[-1] < one[0]
+    # Adadelta has no momentum for one-cycle to cycle: only its learning rate cycles
+    assert lrs("onecycle", optim="adadelta", max_lr=0.01) == pytest.approx(one)
 
 
 # Targets smoothed by hand: (1 - 0.1) on the true class plus 0.1 / 3 everywhere.

@@ -100,11 +100,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def make_optimizer(params, cfg, for_graph: bool = False) -> torch.optim.Optimizer:
-    """The configured optimizer; `for_graph` adds the flags a captured step needs."""
+def make_optimizer(params, cfg, graph_reads: tuple[str, ...] | None = None
+                   ) -> torch.optim.Optimizer:
+    """The configured optimizer; for a captured step, `graph_reads` (the hyperparameters the
+    graph reads from tensors, see graphed.scheduled_hyperparameters) adds the flags it needs."""
     name = cfg.name
     common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
-              **optimizer_options(name, for_graph)}
+              **optimizer_options(name, graph_reads)}
     if name == "adam":
         return torch.optim.Adam(params, betas=tuple(cfg.betas), **common)
     if name == "adamw":
@@ -132,8 +134,11 @@ def make_scheduler(opt, cfg, epochs: int, steps_per_epoch: int):
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, total, eta_min=cfg.min_lr), "batch"
     if cfg.name == "onecycle":
         max_lr = cfg.max_lr or opt.param_groups[0]["lr"]
+        # One-cycle also cycles momentum (Adam's beta1); Adadelta has none to cycle.
+        has_momentum = "momentum" in opt.defaults or "betas" in opt.defaults
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, total_steps=total,
-                                                   pct_start=cfg.pct_start), "batch"
+                                                   pct_start=cfg.pct_start,
+                                                   cycle_momentum=has_momentum), "batch"
     if cfg.name == "plateau":
         # Minimises EarlyStopping.score (accuracies come negated); "abs" because the
         # default relative threshold assumes positive values. Any improvement counts.
@@ -222,7 +227,8 @@ class Training:
         self.forward = compiled(model, cfg.trainer)
         off_reason = graph_off_reason(cfg, self.device)
         graphed = off_reason is None
-        self.opt = make_optimizer(model.parameters(), cfg.optim, for_graph=graphed)
+        graph_reads = scheduled_hyperparameters(cfg) if graphed else None
+        self.opt = make_optimizer(model.parameters(), cfg.optim, graph_reads)
         self.steps = -(-len(data.train) // cfg.trainer.batch_size)
         self.sched, self.sched_unit = make_scheduler(self.opt, cfg.sched, cfg.trainer.epochs,
                                                      self.steps)
@@ -234,7 +240,7 @@ class Training:
         # Positions 0..batch_size-1, added to the cursor to find a batch's images.
         self.offsets = torch.arange(cfg.trainer.batch_size, device=self.device)
         self.graph = CudaGraphStep(lambda: train_step(self, cfg.trainer.batch_size), self.opt,
-                                   scheduled_hyperparameters(cfg)) if graphed else None
+                                   graph_reads) if graphed else None
         if not graphed and self.device.type == "cuda":
             log.info("training step runs eagerly: %s", off_reason)
         self.records: list[dict] = []

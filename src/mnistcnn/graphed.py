@@ -9,9 +9,10 @@ module only decides whether it can be captured, captures it and replays it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -67,13 +68,29 @@ def scheduled_hyperparameters(cfg) -> tuple[str, ...]:
     return ("lr",)
 
 
-def optimizer_options(name: str, for_graph: bool) -> dict[str, Any]:
-    """Constructor flags that let an optimizer step be captured and read its learning rate
-    (and Adam's betas) from device tensors: `capturable` keeps the step count on the GPU;
-    SGD has no such flag, and its fused kernel is the one that takes a tensor lr."""
-    if not for_graph:
+def optimizer_options(name: str, graph_reads: tuple[str, ...] | None) -> dict[str, Any]:
+    """Constructor flags that let an optimizer step be captured and read `graph_reads` (from
+    scheduled_hyperparameters; None for an eager run) from device tensors: `capturable`
+    keeps the step count on the GPU; SGD has no such flag, and its fused kernel is the one
+    that takes a tensor lr. The code path is named, not left to the device's default, because
+    only one path of each optimizer reads a tensor lr without a host sync (which would break
+    the capture): the foreach one (RMSprop's and Adadelta's per-parameter paths call .item())."""
+    if graph_reads is None:
         return {}
-    return {"fused": True} if name == "sgd" else {"capturable": True}
+    if name == "sgd":
+        return {"fused": True}
+    if "betas" in graph_reads:
+        # Adam's foreach kernels take beta1 only as a number: a tensor beta1 is read to the
+        # host with .item(). Its per-parameter path lerps with a tensor weight and reads nothing.
+        return {"capturable": True, "foreach": False}
+    return {"capturable": True, "foreach": True}
+
+
+def graph_read_value(key: str, value: Any) -> float:
+    """The number a graph reads from its tensor for param_group[key]: for "betas" only
+    beta1, which one-cycle moves; beta2 stays a number (a tensor beta2 is read with .item()
+    even by Adam's per-parameter path)."""
+    return float(value[0] if key == "betas" else value)
 
 
 def with_optimizer_flags(saved: dict, opt: torch.optim.Optimizer) -> dict:
@@ -129,29 +146,38 @@ class CudaGraphStep:
             self.step()
         torch.cuda.current_stream().wait_stream(self.side_stream)
 
-    def _capture(self) -> bool:
-        """Capture `step` (which records kernels and runs none); True when it worked."""
+    @contextlib.contextmanager
+    def reading_tensors(self) -> Iterator[None]:
+        """While inside, the param_groups hold the device tensors the graph will read for the
+        scheduled hyperparameters (made here, from the groups' current floats); on the way
+        out the floats are put back."""
         groups = self.opt.param_groups
         device = groups[0]["params"][0].device
         floats = [{k: g[k] for k in self.scheduled} for g in groups]
-        self.hyper = [{k: (tuple(torch.tensor(float(b), device=device) for b in v)
-                           if k == "betas" else torch.tensor(float(v), device=device))
+        self.hyper = [{k: torch.tensor(graph_read_value(k, v), device=device)
                        for k, v in f.items()} for f in floats]
+        try:
+            for group, tensors, values in zip(groups, self.hyper, floats, strict=True):
+                group.update({k: (t, values[k][1]) if k == "betas" else t
+                              for k, t in tensors.items()})
+            yield
+        finally:
+            for group, values in zip(groups, floats, strict=True):
+                group.update(values)
+        self.written = floats
+
+    def _capture(self) -> bool:
+        """Capture `step` (which records kernels and runs none); True when it worked."""
         graph = torch.cuda.CUDAGraph()
         try:
-            for group, tensors in zip(groups, self.hyper, strict=True):
-                group.update(tensors)
-            with torch.cuda.graph(graph):
+            with self.reading_tensors(), torch.cuda.graph(graph):
                 self.step()
         except RuntimeError as e:
             self.failed = True
             log.warning("CUDA graph capture of the training step failed (%s); this run "
                         "trains eagerly", str(e).splitlines()[0])
             return False
-        finally:
-            for group, values in zip(groups, floats, strict=True):
-                group.update(values)
-        self.graph, self.written = graph, floats
+        self.graph = graph
         return True
 
     def _refresh_hyperparameters(self) -> None:
@@ -160,11 +186,6 @@ class CudaGraphStep:
                                            strict=True):
             for key, tensor in tensors.items():
                 value = group[key]
-                if value == written[key]:
-                    continue
-                if key == "betas":
-                    for t, v in zip(tensor, value, strict=True):
-                        t.fill_(float(v))
-                else:
-                    tensor.fill_(float(value))
-                written[key] = value
+                if value != written[key]:
+                    tensor.fill_(graph_read_value(key, value))
+                    written[key] = value
