@@ -93,6 +93,12 @@ def graph_read_value(key: str, value: Any) -> float:
     return float(value[0] if key == "betas" else value)
 
 
+def graph_group_value(key: str, value: Any, tensor: torch.Tensor) -> Any:
+    """What param_group[key] holds while the step is captured: `tensor` where the graph reads
+    one (see graph_read_value), the numbers it bakes in elsewhere."""
+    return (tensor, *value[1:]) if key == "betas" else tensor
+
+
 def with_optimizer_flags(saved: dict, opt: torch.optim.Optimizer) -> dict:
     """A saved optimizer state whose groups carry `opt`'s capturable/fused/foreach flags, so
     a run saved on one device or loop resumes on another (load_state_dict moves the step
@@ -158,8 +164,7 @@ class CudaGraphStep:
                        for k, v in f.items()} for f in floats]
         try:
             for group, tensors, values in zip(groups, self.hyper, floats, strict=True):
-                group.update({k: (t, values[k][1]) if k == "betas" else t
-                              for k, t in tensors.items()})
+                group.update({k: graph_group_value(k, values[k], t) for k, t in tensors.items()})
             yield
         finally:
             for group, values in zip(groups, floats, strict=True):
