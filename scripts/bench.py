@@ -189,16 +189,20 @@ def mnistcnn_side(args) -> dict:
     data = data_mod.load(cfg.data, device, cfg.seed)
     model = build_model(args, device, place=True)
     loss_fn = engine.make_loss(cfg.loss, data.num_classes)
-    epoch_s, test_acc = [], []
+    epoch_s, test_acc, path = [], [], {}
 
-    def on_epoch(record, _training):
+    def on_epoch(record, training):
         # fit times the epoch itself (it ends with a host read, so the device is idle)
         epoch_s.append(record["epoch_time_s"])
         test_acc.append(engine.evaluate(model, data.test, data, loss_fn,
                                         cfg.trainer.eval_batch_size)[1])
+        path.update(training.path())
 
     engine.fit(model, data, cfg, on_epoch)
-    return worker_result(torch, device, model, len(data.train), epoch_s, test_acc)
+    # Which loop was timed (eager, CUDA graph, or eager after a failed capture), so that no
+    # eager figure is read as a graphed one.
+    return {**worker_result(torch, device, model, len(data.train), epoch_s, test_acc),
+            "train_path": path}
 
 
 def sync(torch, device) -> None:
@@ -265,6 +269,9 @@ def summarize(runs: list[dict], target: float) -> dict:
                "time_to_target_s": (statistics.fmean(reached)
                                     if all(t is not None for t in reached) else None),
                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": runs}
+    paths = sorted({r["train_path"]["train_path"] for r in runs if "train_path" in r})
+    if paths:
+        summary["train_path"] = "/".join(paths)
     epoch = summary["steady_epoch_s"] or summary["first_epoch_s"]
     summary["images_per_s"] = images / epoch
     if "peak_cuda_mb" in runs[0]:
@@ -363,7 +370,8 @@ def markdown(results: list[dict], info: dict, command: str, settings: dict) -> s
             ratios = [(f"{r['vs'][o]['speedup']:.2f}×"
                        + ("" if r["vs"][o]["accuracy_agrees"] else " (acc differs)"))
                       if side == "mnistcnn" else "" for o in others]
-            lines.append(f"| {r['model']} | {side} | {fmt_s(s['first_epoch_s'])} | "
+            name = f"{side} ({s['train_path']})" if "train_path" in s else side
+            lines.append(f"| {r['model']} | {name} | {fmt_s(s['first_epoch_s'])} | "
                          f"{fmt_s(s['steady_epoch_s'])} | {s['images_per_s']:,.0f} | "
                          f"{fmt_s(s['time_to_target_s'])} | {acc} | {mem} | "
                          + " | ".join(ratios) + " |")

@@ -76,4 +76,9 @@ def test_bench_runs_each_side_and_writes_a_well_formed_report(synthetic_dir, tmp
     vs = row["vs"]["textbook"]
     assert vs["speedup"] == row["mnistcnn"]["images_per_s"] / row["textbook"]["images_per_s"]
     md = (tmp_path / "bench.md").read_text()
-    assert "| classic | textbook |" in md and "| classic | mnistcnn |" in md
+    assert "| classic | textbook |" in md and "| classic | mnistcnn (eager) |" in md
+    # the loop that was timed: on a CPU the eager one, and why
+    assert row["mnistcnn"]["train_path"] == "eager"
+    assert row["mnistcnn"]["runs"][0]["train_path"] == {
+        "train_path": "eager",
+        "train_path_reason": "CUDA graphs need a GPU and this run trains on cpu"}

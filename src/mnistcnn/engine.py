@@ -30,6 +30,7 @@ from mnistcnn.data import Data, EpochDraw, Split, batches, draw_epoch, prepare
 from mnistcnn.errors import UserError
 from mnistcnn.graphed import (
     CudaGraphStep,
+    cuda_graph_setting,
     graph_off_reason,
     optimizer_options,
     scheduled_hyperparameters,
@@ -225,8 +226,9 @@ class Training:
         self.model, self.data, self.cfg = model, data, cfg
         self.device = data.train.images.device
         self.forward = compiled(model, cfg.trainer)
-        off_reason = graph_off_reason(cfg, self.device)
-        graphed = off_reason is None
+        # Why the step runs eagerly (None: it is captured), for summary.json.
+        self.eager_reason = graph_off_reason(cfg, self.device)
+        graphed = self.eager_reason is None
         graph_reads = scheduled_hyperparameters(cfg) if graphed else None
         self.opt = make_optimizer(model.parameters(), cfg.optim, graph_reads)
         self.steps = -(-len(data.train) // cfg.trainer.batch_size)
@@ -239,10 +241,12 @@ class Training:
         self.totals = EpochTotals(self.device)
         # Positions 0..batch_size-1, added to the cursor to find a batch's images.
         self.offsets = torch.arange(cfg.trainer.batch_size, device=self.device)
-        self.graph = CudaGraphStep(lambda: train_step(self, cfg.trainer.batch_size), self.opt,
-                                   graph_reads) if graphed else None
+        # Called as graph(self, batch_size): it holds the step function, not this object,
+        # so no reference cycle keeps a finished run's graph and its memory alive.
+        self.graph = CudaGraphStep(train_step, self.opt, graph_reads,
+                                   required=cuda_graph_setting(cfg) == "true") if graphed else None
         if not graphed and self.device.type == "cuda":
-            log.info("training step runs eagerly: %s", off_reason)
+            log.info("training step runs eagerly: %s", self.eager_reason)
         self.records: list[dict] = []
 
     def new_epoch(self) -> None:
@@ -253,6 +257,14 @@ class Training:
         else:
             self.epoch_draw.copy_(draw)
         self.totals.reset()
+
+    def path(self) -> dict:
+        """How the training steps ran, for summary.json: `train_path` is "eager" (with
+        `train_path_reason`), "cuda_graph" (with `graph_replays`, the replayed steps) or
+        "fallback" (a failed capture; the reason is its cause)."""
+        if self.graph is None:
+            return {"train_path": "eager", "train_path_reason": self.eager_reason}
+        return self.graph.path()
 
     def state(self) -> dict:
         """Everything needed to continue after the last completed epoch."""
@@ -313,7 +325,7 @@ def train_epoch(t: Training, epoch: int, bar: tqdm | None,
     for step in range(t.steps):
         size = min(batch_size, n - step * batch_size)
         if t.graph is not None and size == batch_size:
-            t.graph()
+            t.graph(t, size)
         else:
             train_step(t, size)
         if t.sched_unit == "batch":
@@ -365,6 +377,16 @@ def fit(model: nn.Module, data: Data, cfg, on_epoch: Callable[[dict, Training], 
     t.stopper = stopper if stopper is not None else EarlyStopping.from_config(cfg.trainer)
     if resume is not None:
         t.load_state(resume)
+    try:
+        return train_epochs(t, data, cfg, on_epoch, stop)
+    finally:
+        if t.graph is not None:
+            t.graph.release()
+
+
+def train_epochs(t: Training, data: Data, cfg, on_epoch: Callable[[dict, Training], None],
+                 stop: Callable[[], bool] | None) -> list[dict]:
+    """fit's epochs: train, validate, record, early-stop, schedule."""
     interactive = sys.stderr.isatty()
     epochs = cfg.trainer.epochs
     for epoch in range(len(t.records) + 1, epochs + 1):

@@ -37,7 +37,7 @@ from mnistcnn.engine import (
     seed_everything,
 )
 from mnistcnn.errors import UserError
-from mnistcnn.graphed import graph_off_reason
+from mnistcnn.graphed import describe_path, graph_off_reason
 from mnistcnn.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         tb = tblog.open_log(cfg, run_dir, first_epoch=len((state or {}).get("records", [])) + 1)
 
         def on_epoch(record: dict, training) -> None:
+            summary.update(training.path())
             files.append_jsonl(metrics_path, record)
             files.save_torch(last_path, {**training.state(), **run_identity(cfg, data)})
             if tb is not None:
@@ -183,6 +184,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         last_path.unlink(missing_ok=True)
         log.info("test/loss %.4f  test/acc %.2f%%  (%d epochs, %.1fs training)  -> %s",
                  test_loss, 100 * test_acc, len(records), summary["train_time_s"], run_dir)
+        log.info("training step: %s", describe_path(summary))
         log_class_findings(summary)
         return summary
     except Diverged as e:
