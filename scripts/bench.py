@@ -69,10 +69,10 @@ def bench_config(args):
 
 
 def build_model(args, device, place: bool = False):
-    from mnistcnn import engine, models
+    from mnistcnn import models, training_setup
 
     model = models.build(bench_config(args).model, 10)
-    return engine.place_model(model, device) if place else model.to(device)
+    return training_setup.place_model(model, device) if place else model.to(device)
 
 
 def torchvision_sets(args):
@@ -182,13 +182,13 @@ def mnistcnn_side(args) -> dict:
     """mnistcnn's own training path: data.load + engine.fit, test accuracy after each epoch."""
     torch, device = setup(args)
     from mnistcnn import data as data_mod
-    from mnistcnn import engine
+    from mnistcnn import engine, training_setup
 
     cfg = bench_config(args)
-    engine.seed_everything(cfg.seed)
+    training_setup.seed_everything(cfg.seed)
     data = data_mod.load(cfg.data, device, cfg.seed)
     model = build_model(args, device, place=True)
-    loss_fn = engine.make_loss(cfg.loss, data.num_classes)
+    loss_fn = training_setup.make_loss(cfg.loss, data.num_classes)
     epoch_s, test_acc, path = [], [], {}
 
     def on_epoch(record, training):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mnistcnn import data as data_mod
-from mnistcnn import engine, models
+from mnistcnn import engine, errors, models, training_setup
 from mnistcnn.cli import compose_config
 from mnistcnn.errors import UserError
 
@@ -26,7 +26,7 @@ from mnistcnn.errors import UserError
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_every_optimizer_is_built_with_its_settings(overrides, cls, settings):
     cfg = compose_config([*overrides, "optim.lr=0.003", "optim.weight_decay=0.001"]).optim
-    opt = engine.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
+    opt = training_setup.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
     assert type(opt) is cls
     group = opt.param_groups[0]
     assert group["lr"] == 0.003 and group["weight_decay"] == 0.001
@@ -37,14 +37,14 @@ def test_every_optimizer_is_built_with_its_settings(overrides, cls, settings):
 def test_nesterov_without_momentum_is_a_user_error():
     cfg = compose_config(["optim=sgd", "optim.momentum=0", "optim.nesterov=true"]).optim
     with pytest.raises(UserError, match="needs optim.momentum > 0"):
-        engine.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
+        training_setup.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
 
 
 def lrs(sched_name, epochs=2, steps=5, optim="adam", **extra):
     cfg = compose_config([f"sched={sched_name}", f"optim={optim}",
                           *[f"sched.{k}={v}" for k, v in extra.items()]])
-    opt = engine.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
-    sched, unit = engine.make_scheduler(opt, cfg.sched, epochs, steps)
+    opt = training_setup.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
+    sched, unit = training_setup.make_scheduler(opt, cfg.sched, epochs, steps)
     seen = []
     for _ in range(epochs):
         for _ in range(steps):
@@ -79,9 +79,9 @@ SMOOTHED = torch.tensor([[0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3], [0.1 / 3, 0.1 / 3, 0
     ("mse", lambda z: ((z.softmax(1) - SMOOTHED) ** 2).mean()),
 ])
 def test_losses_prefer_the_right_class_and_use_the_smoothing(name, expected):
-    smoothed = engine.make_loss(compose_config([f"loss.name={name}",
+    smoothed = training_setup.make_loss(compose_config([f"loss.name={name}",
                                                 "loss.label_smoothing=0.1"]).loss, 3)
-    plain = engine.make_loss(compose_config([f"loss.name={name}"]).loss, 3)
+    plain = training_setup.make_loss(compose_config([f"loss.name={name}"]).loss, 3)
     y = torch.tensor([0, 2])
     good = torch.tensor([[5.0, 0, 0], [0, 0, 5.0]])
     assert smoothed(good, y) < smoothed(-good, y)
@@ -92,10 +92,10 @@ def test_losses_prefer_the_right_class_and_use_the_smoothing(name, expected):
 
 def test_nll_and_cross_entropy_agree_without_smoothing():
     logits, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
-    ce = engine.make_loss(compose_config([]).loss, 10)
-    nll = engine.make_loss(compose_config(["loss.name=nll"]).loss, 10)
+    ce = training_setup.make_loss(compose_config([]).loss, 10)
+    nll = training_setup.make_loss(compose_config(["loss.name=nll"]).loss, 10)
     assert torch.allclose(ce(logits, y), nll(logits, y))
-    mse = engine.make_loss(compose_config(["loss.name=mse"]).loss, 10)
+    mse = training_setup.make_loss(compose_config(["loss.name=mse"]).loss, 10)
     expected = F.mse_loss(logits.softmax(1), F.one_hot(y, 10).float())
     assert torch.allclose(mse(logits, y), expected)
 
@@ -103,7 +103,7 @@ def test_nll_and_cross_entropy_agree_without_smoothing():
 def fit_synthetic(folder, *overrides):
     cfg = compose_config([f"data.dir={folder}", "data.val_size=200", "model=classic",
                           "trainer.epochs=2", *overrides])
-    engine.seed_everything(cfg.seed)
+    training_setup.seed_everything(cfg.seed)
     data = data_mod.load(cfg.data, "cpu", cfg.seed)
     model = models.build(cfg.model, data.num_classes)
     seen = []
@@ -126,33 +126,33 @@ def test_fit_records_every_metric_and_is_repeatable(synthetic_dir):
 def test_fit_learns_and_evaluate_agrees_with_predictions(synthetic_dir):
     records, _, model, data = fit_synthetic(synthetic_dir, "trainer.epochs=3")
     assert records[-1]["val/acc"] > 0.5
-    loss_fn = engine.make_loss(compose_config([]).loss, 10)
+    loss_fn = training_setup.make_loss(compose_config([]).loss, 10)
     loss, acc, logits = engine.evaluate(model, data.test, data, loss_fn, 64)
     assert logits.shape == (len(data.test), 10)
     assert acc == pytest.approx((logits.argmax(1) == data.test.labels).float().mean().item())
 
 
 def test_diverging_loss_stops_the_run(synthetic_dir):
-    with pytest.raises(engine.Diverged, match="non-finite loss in epoch 1, batch"):
+    with pytest.raises(errors.Diverged, match="non-finite loss in epoch 1, batch"):
         fit_synthetic(synthetic_dir, "optim=sgd", "optim.lr=1e12", "model.dropout=0")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_request_without_gpu_is_a_user_error():
     with pytest.raises(UserError, match="no CUDA GPU"):
-        engine.resolve_device("cuda")
-    assert engine.resolve_device("auto").type == "cpu"
+        training_setup.resolve_device("cuda")
+    assert training_setup.resolve_device("auto").type == "cpu"
 
 
 @pytest.mark.cuda
 def test_fit_on_the_gpu_learns_and_keeps_everything_there(synthetic_dir):
-    assert engine.resolve_device("auto").type == "cuda"
+    assert training_setup.resolve_device("auto").type == "cuda"
     cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=classic",
                           "trainer.epochs=3", "trainer.device=cuda"])
-    device = engine.resolve_device(cfg.trainer.device)
-    engine.seed_everything(cfg.seed)
+    device = training_setup.resolve_device(cfg.trainer.device)
+    training_setup.seed_everything(cfg.seed)
     data = data_mod.load(cfg.data, device, cfg.seed)
-    model = engine.place_model(models.build(cfg.model, data.num_classes), device)
+    model = training_setup.place_model(models.build(cfg.model, data.num_classes), device)
     records = engine.fit(model, data, cfg, lambda r, t: None)
     assert records[-1]["val/acc"] > 0.5
     assert all(math.isfinite(r["train/loss"]) for r in records)
@@ -164,15 +164,15 @@ def test_resuming_from_a_saved_state_gives_the_uninterrupted_records(synthetic_d
     full, *_ = fit_synthetic(synthetic_dir, *overrides)
     cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=classic",
                           "trainer.epochs=2", *overrides])
-    engine.seed_everything(cfg.seed)
+    training_setup.seed_everything(cfg.seed)
     data = data_mod.load(cfg.data, "cpu", cfg.seed)
     saved = tmp_path / "state.pt"
 
     def stop_after_first(record, training):
         torch.save(training.state(), saved)
-        raise engine.Interrupted(record["epoch"], 0)
+        raise errors.Interrupted(record["epoch"], 0)
 
-    with pytest.raises(engine.Interrupted):
+    with pytest.raises(errors.Interrupted):
         engine.fit(models.build(cfg.model, 10), data, cfg, stop_after_first)
     torch.manual_seed(123)  # a fresh process would have other RNG states: the state restores them
     state = torch.load(saved, weights_only=True)
@@ -192,7 +192,7 @@ def test_stop_request_raises_after_the_batch_in_flight(synthetic_dir):
 
     cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny"])
     data = data_mod.load(cfg.data, "cpu", cfg.seed)
-    with pytest.raises(engine.Interrupted, match="epoch 1 after batch 2"):
+    with pytest.raises(errors.Interrupted, match="epoch 1 after batch 2"):
         engine.fit(models.build(cfg.model, 10), data, cfg, lambda r, t: None, stop=stop)
 
 
@@ -200,7 +200,7 @@ def test_bf16_autocast_trains_and_reports_fp32_logits(synthetic_dir):
     records, _, model, data = fit_synthetic(synthetic_dir, "trainer.precision=bf16",
                                             "trainer.epochs=3")
     assert records[-1]["val/acc"] > 0.5
-    loss_fn = engine.make_loss(compose_config([]).loss, 10)
+    loss_fn = training_setup.make_loss(compose_config([]).loss, 10)
     _, _, logits = engine.evaluate(model, data.test, data, loss_fn, 64, "bf16")
     assert logits.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -16,7 +16,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from mnistcnn import data as data_mod
-from mnistcnn import engine, graphed, models
+from mnistcnn import engine, errors, graphed, models
+from mnistcnn import training_setup as setup
 from mnistcnn.cli import compose_config
 from mnistcnn.errors import UserError
 
@@ -29,28 +30,28 @@ def cfg_of(*overrides):
 
 # ----------------------------------------------------------------------------- any machine
 def test_graph_is_used_only_where_it_can_be():
-    assert graphed.graph_off_reason(cfg_of(), CUDA) is None
-    assert "trains on cpu" in graphed.graph_off_reason(cfg_of(), CPU)
-    assert graphed.graph_off_reason(cfg_of("trainer.cuda_graph=false"), CUDA) == \
+    assert setup.graph_off_reason(cfg_of(), CUDA) is None
+    assert "trains on cpu" in setup.graph_off_reason(cfg_of(), CPU)
+    assert setup.graph_off_reason(cfg_of("trainer.cuda_graph=false"), CUDA) == \
         "trainer.cuda_graph=false"
-    assert "trainer.compile" in graphed.graph_off_reason(cfg_of("trainer.compile=true"), CUDA)
+    assert "trainer.compile" in setup.graph_off_reason(cfg_of("trainer.compile=true"), CUDA)
     for optim in ("sgd", "rmsprop"):
-        reason = graphed.graph_off_reason(cfg_of(f"optim={optim}", "sched=onecycle"), CUDA)
+        reason = setup.graph_off_reason(cfg_of(f"optim={optim}", "sched=onecycle"), CUDA)
         assert "cycles optim.momentum" in reason
-    assert graphed.graph_off_reason(cfg_of("optim=sgd", "sched=cosine"), CUDA) is None
+    assert setup.graph_off_reason(cfg_of("optim=sgd", "sched=cosine"), CUDA) is None
     with pytest.raises(UserError, match="trainer.cuda_graph=true but CUDA graphs need a GPU"):
-        graphed.graph_off_reason(cfg_of("trainer.cuda_graph=true"), CPU)
+        setup.graph_off_reason(cfg_of("trainer.cuda_graph=true"), CPU)
 
 
 def test_only_scheduled_hyperparameters_become_tensors():
-    assert graphed.scheduled_hyperparameters(cfg_of()) == ()
-    assert graphed.scheduled_hyperparameters(cfg_of("sched=step")) == ("lr",)
-    assert graphed.scheduled_hyperparameters(cfg_of("sched=onecycle")) == ("lr", "betas")
-    assert graphed.optimizer_options("sgd", ("lr",)) == {"fused": True}
-    assert graphed.optimizer_options("adam", ("lr",)) == {"capturable": True, "foreach": True}
-    assert graphed.optimizer_options("adam", ("lr", "betas")) == {"capturable": True,
+    assert setup.scheduled_hyperparameters(cfg_of()) == ()
+    assert setup.scheduled_hyperparameters(cfg_of("sched=step")) == ("lr",)
+    assert setup.scheduled_hyperparameters(cfg_of("sched=onecycle")) == ("lr", "betas")
+    assert setup.optimizer_options("sgd", ("lr",)) == {"fused": True}
+    assert setup.optimizer_options("adam", ("lr",)) == {"capturable": True, "foreach": True}
+    assert setup.optimizer_options("adam", ("lr", "betas")) == {"capturable": True,
                                                                   "foreach": False}
-    assert graphed.optimizer_options("adam", None) == {}
+    assert setup.optimizer_options("adam", None) == {}
 
 
 class HostTraffic(TorchDispatchMode):
@@ -104,7 +105,7 @@ def graphed_training_step_is_clean(training: engine.Training, reads: tuple[str, 
     """Build the optimizer as a graphed run does, run one step to make its state (the
     warm-up), then run the step as the graph would capture it, counting host traffic."""
     cfg = training.cfg
-    training.opt = engine.make_optimizer(training.model.parameters(), cfg.optim, reads)
+    training.opt = setup.make_optimizer(training.model.parameters(), cfg.optim, reads)
     training.model.train()
     training.new_epoch()
     engine.train_step(training, cfg.trainer.batch_size)
@@ -118,7 +119,7 @@ def graphed_training_step_is_clean(training: engine.Training, reads: tuple[str, 
 GRAPHED_OPTIMIZER_SCHEDULES = [
     (optim, sched) for optim in ("adam", "adamw", "sgd", "rmsprop", "adadelta")
     for sched in ("none", "step", "cosine", "onecycle", "plateau")
-    if graphed.graph_off_reason(cfg_of(f"optim={optim}", f"sched={sched}"), CUDA) is None]
+    if setup.graph_off_reason(cfg_of(f"optim={optim}", f"sched={sched}"), CUDA) is None]
 
 
 @pytest.fixture
@@ -136,10 +137,10 @@ def optimizer_step(optim: str, sched: str, device: torch.device):
     """(step function, optimizer, graph reads) for two small parameters on `device`."""
     momentum = ["optim.momentum=0.9"] if optim in ("sgd", "rmsprop") else []  # buffers too
     cfg = cfg_of(f"optim={optim}", f"sched={sched}", *momentum)
-    reads = graphed.scheduled_hyperparameters(cfg)
+    reads = setup.scheduled_hyperparameters(cfg)
     params = [torch.nn.Parameter(torch.ones(4, 3, device=device)),
               torch.nn.Parameter(torch.ones(4, device=device))]
-    opt = engine.make_optimizer(params, cfg.optim, reads)
+    opt = setup.make_optimizer(params, cfg.optim, reads)
 
     def step():
         sum(p.square().sum() for p in params).backward()
@@ -207,7 +208,7 @@ def test_the_training_step_has_no_host_traffic(model, synthetic_dir, capturable_
                  *STEP_OVERRIDES, *dropout_of(model))
     data = data_mod.load(cfg.data, CPU, cfg.seed)
     training = engine.Training(models.build(cfg.model, data.num_classes), data, cfg)
-    host = graphed_training_step_is_clean(training, graphed.scheduled_hyperparameters(cfg), CPU)
+    host = graphed_training_step_is_clean(training, setup.scheduled_hyperparameters(cfg), CPU)
     assert not host.found(), host.found()
     assert int(training.totals.cursor) == 2 * cfg.trainer.batch_size
 
@@ -225,9 +226,9 @@ def test_the_training_step_runs_off_the_host(model, optim, loss, synthetic_dir, 
     data = data_mod.load(cfg.data, CPU, cfg.seed)
     for split in (data.train, data.val, data.test):
         split.images, split.labels = split.images.to(META), split.labels.to(META)
-    model_on_meta = engine.place_model(models.build(cfg.model, data.num_classes), META)
+    model_on_meta = setup.place_model(models.build(cfg.model, data.num_classes), META)
     training = engine.Training(model_on_meta, data, cfg)
-    host = graphed_training_step_is_clean(training, graphed.scheduled_hyperparameters(cfg), META)
+    host = graphed_training_step_is_clean(training, setup.scheduled_hyperparameters(cfg), META)
     assert not host.found(), host.found()
 
 
@@ -431,7 +432,7 @@ def test_a_run_does_not_keep_its_graph_alive(synthetic_dir, graphed_on_cpu):
 def fit_cpu(folder, *overrides, on_epoch=None, stop=None):
     cfg = cfg_of(f"data.dir={folder}", "data.val_size=200", "model=classic", "trainer.epochs=2",
                  "trainer.device=cpu", "model.dropout=0", *overrides)
-    engine.seed_everything(cfg.seed)
+    setup.seed_everything(cfg.seed)
     data = data_mod.load(cfg.data, CPU, cfg.seed)
     model = models.build(cfg.model, data.num_classes)
     paths = []
@@ -470,7 +471,7 @@ def test_the_graphed_loop_trains_as_the_eager_loop_does(optim, sched, synthetic_
 def test_the_graph_is_released_when_training_fails(synthetic_dir, graphed_on_cpu, monkeypatch):
     released = []
     monkeypatch.setattr(ReplayEagerly, "release", lambda self: released.append(self.replays))
-    with pytest.raises(engine.Diverged):
+    with pytest.raises(errors.Diverged):
         fit_cpu(synthetic_dir, "optim=sgd", "optim.lr=1e12", "sched=cosine")
     assert len(released) == 1
 
@@ -504,7 +505,7 @@ def test_a_graphed_runs_optimizer_state_resumes_on_an_eager_optimizer():
     saved_by_gpu = torch.optim.Adam(params, lr=0.1).state_dict()
     saved_by_gpu["param_groups"][0]["capturable"] = True
     opt = torch.optim.Adam(params, lr=0.1)
-    opt.load_state_dict(graphed.with_optimizer_flags(saved_by_gpu, opt))
+    opt.load_state_dict(setup.with_optimizer_flags(saved_by_gpu, opt))
     assert opt.param_groups[0]["capturable"] is False
     params[0].grad = torch.ones(3)
     opt.step()  # a capturable group would refuse CPU parameters
@@ -540,9 +541,9 @@ def fit_on(device, folder, *overrides, stop=None, on_epoch=None, resume=None):
     """(records, model, the Training's path() after each epoch) of a classic-net fit."""
     cfg = cfg_of(f"data.dir={folder}", "data.val_size=200", "model=classic",
                  "trainer.epochs=2", f"trainer.device={device}", *overrides)
-    engine.seed_everything(cfg.seed, cfg.trainer.deterministic)
+    setup.seed_everything(cfg.seed, cfg.trainer.deterministic)
     data = data_mod.load(cfg.data, torch.device(device), cfg.seed)
-    model = engine.place_model(models.build(cfg.model, data.num_classes), torch.device(device))
+    model = setup.place_model(models.build(cfg.model, data.num_classes), torch.device(device))
     paths = []
 
     def record(r, t):
@@ -662,9 +663,9 @@ def test_graphed_resume_gives_the_uninterrupted_records(synthetic_dir, tmp_path)
 
     def stop_after_first(record, training):
         torch.save(training.state(), saved)
-        raise engine.Interrupted(record["epoch"], 0)
+        raise errors.Interrupted(record["epoch"], 0)
 
-    with pytest.raises(engine.Interrupted):
+    with pytest.raises(errors.Interrupted):
         fit_on("cuda", synthetic_dir, *overrides, on_epoch=stop_after_first)
     resumed, _, paths = fit_on("cuda", synthetic_dir, *overrides,
                                resume=torch.load(saved, weights_only=True))
@@ -674,7 +675,7 @@ def test_graphed_resume_gives_the_uninterrupted_records(synthetic_dir, tmp_path)
 
 @pytest.mark.cuda
 def test_divergence_and_stop_requests_on_a_graphed_run(synthetic_dir):
-    with pytest.raises(engine.Diverged, match="non-finite loss in epoch 1, batch"):
+    with pytest.raises(errors.Diverged, match="non-finite loss in epoch 1, batch"):
         fit_on("cuda", synthetic_dir, "trainer.cuda_graph=true", "optim=sgd", "optim.lr=1e12",
                "model.dropout=0")
     calls = []
@@ -683,7 +684,7 @@ def test_divergence_and_stop_requests_on_a_graphed_run(synthetic_dir):
         calls.append(1)
         return len(calls) == 8  # after the warm-up and the capture: replays are running
 
-    with pytest.raises(engine.Interrupted, match="epoch 1 after batch 7"):
+    with pytest.raises(errors.Interrupted, match="epoch 1 after batch 7"):
         fit_on("cuda", synthetic_dir, "trainer.cuda_graph=true", stop=stop)
 
 

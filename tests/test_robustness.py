@@ -23,7 +23,7 @@ import pytest
 import torch
 from conftest import ROOT, make_dataset, run_cli
 
-from mnistcnn import engine, files
+from mnistcnn import errors, files
 from mnistcnn.cli import compose_config
 from mnistcnn.errors import UserError
 from mnistcnn.run import StopOnSignal, train_run
@@ -164,7 +164,7 @@ def test_a_second_ctrl_c_stops_at_once():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.1)  # the handler runs here, in the main thread
         assert stop() and stop.signum == signal.SIGINT  # the loop ends after its batch
-        with pytest.raises(engine.Interrupted, match="interrupted at once") as second:
+        with pytest.raises(errors.Interrupted, match="interrupted at once") as second:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
         assert second.value.signum == signal.SIGINT

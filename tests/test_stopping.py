@@ -11,7 +11,7 @@ import torch
 from conftest import run_cli
 
 from mnistcnn import data as data_mod
-from mnistcnn import engine, models
+from mnistcnn import engine, errors, models, training_setup
 from mnistcnn.cli import compose_config
 from mnistcnn.config import validate
 from mnistcnn.errors import UserError
@@ -104,7 +104,7 @@ def test_val_monitor_without_val_split_is_one_line_before_any_run_folder(tmp_pat
 def fit(folder, *overrides, on_epoch=None, resume=None, stopper=None):
     cfg = compose_config([f"data.dir={folder}", "data.val_size=200", "model=tiny",
                           "trainer.epochs=10", *overrides])
-    engine.seed_everything(cfg.seed)
+    training_setup.seed_everything(cfg.seed)
     data = data_mod.load(cfg.data, "cpu", cfg.seed)
     stopper = stopper or EarlyStopping.from_config(cfg.trainer)
     records = engine.fit(models.build(cfg.model, 10), data, cfg,
@@ -134,9 +134,9 @@ def test_fit_stops_after_patience_epochs_and_resumes_with_the_stopper_state(synt
     def stop_after_second(record, training):
         if record["epoch"] == 2:
             torch.save(training.state(), saved)
-            raise engine.Interrupted(2, 0)
+            raise errors.Interrupted(2, 0)
 
-    with pytest.raises(engine.Interrupted):
+    with pytest.raises(errors.Interrupted):
         fit(synthetic_dir, *overrides, on_epoch=stop_after_second)
     state = torch.load(saved, weights_only=True)
     resumed, again = fit(synthetic_dir, *overrides, resume=state)
@@ -169,8 +169,8 @@ def test_target_stops_the_loop_at_the_epoch_that_reached_it(synthetic_dir):
 # ----------------------------------------------------------------------------- plateau
 def test_plateau_schedule_reduces_the_rate_after_patience_flat_epochs():
     cfg = compose_config(["sched=plateau", "sched.factor=0.5", "sched.patience=1"])
-    opt = engine.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
-    sched, unit = engine.make_scheduler(opt, cfg.sched, 10, 5)
+    opt = training_setup.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
+    sched, unit = training_setup.make_scheduler(opt, cfg.sched, 10, 5)
     assert unit == "plateau"
     stopper = EarlyStopping("val/acc")
     seen = []

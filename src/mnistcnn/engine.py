@@ -1,204 +1,49 @@
-"""The training loop and what it needs: device, seeds, optimizer, schedule, loss, evaluation.
+"""The training core: the state a run carries, the step, the epoch, fit, and evaluation.
 
-Read it top to bottom: `fit` runs epochs of `train_epoch`, which runs `train_step`
-once per batch: an index slice of the on-device training tensor. Per-batch losses
-and correct counts stay on the device and are read every PROGRESS_EVERY batches
-(the divergence check) and at the epoch's end. On a GPU the full-size steps are
-replayed as one CUDA graph (graphed.py); the step is the same function.
+What it trains with (device, seeds, optimizer, schedule, loss) is built in
+training_setup.py. Read this file top to bottom: `fit` runs epochs of `train_epoch`,
+which runs `train_step` once per batch: an index slice of the on-device training
+tensor. Per-batch losses and correct counts stay on the device and are read every
+PROGRESS_EVERY batches (the divergence check) and at the epoch's end. On a GPU the
+full-size steps are replayed as one CUDA graph (graphed.py); the step is the same function.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
-import random
-import signal
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mnistcnn.config import choice
 from mnistcnn.data import Data, EpochDraw, Split, batches, draw_epoch, prepare
-from mnistcnn.errors import UserError
-from mnistcnn.graphed import (
-    CudaGraphStep,
+from mnistcnn.errors import Diverged, Interrupted
+from mnistcnn.graphed import CudaGraphStep
+from mnistcnn.stopping import EarlyStopping
+from mnistcnn.training_setup import (
+    autocast,
+    compiled,
     cuda_graph_setting,
     graph_off_reason,
-    optimizer_options,
+    make_loss,
+    make_optimizer,
+    make_scheduler,
+    reuse_freed_memory,
+    rng_state,
     scheduled_hyperparameters,
+    set_rng_state,
     with_optimizer_flags,
 )
-from mnistcnn.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 25  # batches between progress-bar updates (each update syncs the device)
 
 
-# ----------------------------------------------------------------------------- set-up
-def resolve_device(name: Any) -> torch.device:
-    name = choice(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("trainer.device=cuda but no CUDA GPU is available; "
-                        "use trainer.device=cpu or auto")
-    return torch.device(name)
-
-
-def place_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move to the device in channels_last layout: oneDNN's convolutions on the CPU run
-    35-65% faster on these small nets in that layout (measured: scripts/bench.py)."""
-    return model.to(device=device, memory_format=torch.channels_last)
-
-
-def autocast(device: torch.device, precision: Any):
-    """bf16 autocast for forward passes when asked for; a no-op context for fp32.
-    Without the cast cache, which a CUDA graph capture cannot use (each weight is cast
-    once per forward pass here anyway)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=choice(precision) == "bf16", cache_enabled=False)
-
-
-def compiled(model: nn.Module, trainer) -> nn.Module:
-    """The module training and validation call: torch.compile'd when trainer.compile is set.
-    The original module keeps the weights, so checkpoints and the report never see the wrapper."""
-    if not trainer.compile:
-        return model
-    return torch.compile(model, mode=choice(trainer.compile_mode), dynamic=False)
-
-
-@functools.cache
-def reuse_freed_memory() -> None:
-    """Make glibc keep freed activation buffers for reuse instead of returning them to the OS.
-
-    By default a buffer of a few MB is mmap'ed on allocation and unmapped when freed,
-    so every batch page-faults its activations in again: about a fifth of the Keras net's
-    step time on a 2-core CPU (measured: 575k page faults in 50 steps, 157k with this).
-    Called once per process by `fit`; a no-op where libc has no mallopt."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum; larger blocks are mmap'ed anyway
-    mallopt(m_trim_threshold, 2**30)  # keep up to 1 GiB of freed heap before trimming
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def make_optimizer(params, cfg, graph_reads: tuple[str, ...] | None = None
-                   ) -> torch.optim.Optimizer:
-    """The configured optimizer; for a captured step, `graph_reads` (the hyperparameters the
-    graph reads from tensors, see graphed.scheduled_hyperparameters) adds the flags it needs."""
-    name = cfg.name
-    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
-              **optimizer_options(name, graph_reads)}
-    if name == "adam":
-        return torch.optim.Adam(params, betas=tuple(cfg.betas), **common)
-    if name == "adamw":
-        return torch.optim.AdamW(params, betas=tuple(cfg.betas), **common)
-    if name == "sgd":
-        if cfg.nesterov and not cfg.momentum:
-            raise UserError("optim.nesterov=true needs optim.momentum > 0")
-        return torch.optim.SGD(params, momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, alpha=cfg.alpha, momentum=cfg.momentum, **common)
-    if name == "adadelta":
-        return torch.optim.Adadelta(params, rho=cfg.rho, **common)
-    raise ValueError(f"unknown optimizer {name}")
-
-
-def make_scheduler(opt, cfg, epochs: int, steps_per_epoch: int):
-    """(scheduler or None, "epoch" | "batch" | "plateau"): step decays per epoch, cosine and
-    onecycle per batch; plateau is stepped by `fit` with the monitored value after each epoch."""
-    total = epochs * steps_per_epoch
-    if cfg.name == "none":
-        return None, None
-    if cfg.name == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma), "epoch"
-    if cfg.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, total, eta_min=cfg.min_lr), "batch"
-    if cfg.name == "onecycle":
-        max_lr = cfg.max_lr or opt.param_groups[0]["lr"]
-        # One-cycle also cycles momentum (Adam's beta1); Adadelta has none to cycle.
-        has_momentum = "momentum" in opt.defaults or "betas" in opt.defaults
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, total_steps=total,
-                                                   pct_start=cfg.pct_start,
-                                                   cycle_momentum=has_momentum), "batch"
-    if cfg.name == "plateau":
-        # Minimises EarlyStopping.score (accuracies come negated); "abs" because the
-        # default relative threshold assumes positive values. Any improvement counts.
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="min", factor=cfg.factor, patience=cfg.patience, threshold=0.0,
-            threshold_mode="abs", min_lr=cfg.min_lr), "plateau"
-    raise ValueError(f"unknown schedule {cfg.name}")
-
-
-def make_loss(cfg, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Models output logits; the loss decides what to do with them."""
-    name, smoothing = choice(cfg.name), cfg.label_smoothing
-    if name == "cross_entropy":
-        return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=smoothing)
-    if name == "nll":
-        # NLL on log-softmax outputs (the classic PyTorch recipe); with smoothing the
-        # smoothed one-hot targets weight the log-probabilities.
-        def nll(logits, y):
-            logp = F.log_softmax(logits, dim=1)
-            if not smoothing:
-                return F.nll_loss(logp, y)
-            return -(_smoothed_one_hot(y, num_classes, smoothing) * logp).sum(1).mean()
-        return nll
-    if name == "mse":
-        # MSE between softmax probabilities and (smoothed) one-hot targets, as Keras does
-        # with a softmax output layer and mean_squared_error.
-        return lambda logits, y: F.mse_loss(F.softmax(logits, dim=1),
-                                            _smoothed_one_hot(y, num_classes, smoothing))
-    raise ValueError(f"unknown loss {name}")
-
-
-def _smoothed_one_hot(y: torch.Tensor, k: int, smoothing: float) -> torch.Tensor:
-    # A comparison, not F.one_hot: one_hot checks the labels' range on the host, a sync
-    # that a CUDA graph capture cannot contain.
-    one_hot = (y[:, None] == torch.arange(k, device=y.device)).float()
-    return one_hot * (1 - smoothing) + smoothing / k
-
-
 # ----------------------------------------------------------------------------- state
-def rng_state() -> dict:
-    """Every RNG a run draws from, as tensors and primitives (weights_only-loadable)."""
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class EpochTotals:
     """Device tensors a training step adds to: where the next batch starts in the epoch's
     order, the loss sum, the correct count and the first non-finite batch (-1: none).
@@ -417,24 +262,3 @@ def train_epochs(t: Training, data: Data, cfg, on_epoch: Callable[[dict, Trainin
             t.sched.step(t.stopper.score(record))
         on_epoch(record, t)
     return t.records
-
-
-class Diverged(Exception):
-    """The training loss became NaN or infinite."""
-
-    def __init__(self, epoch: int, batch: int, lr: float):
-        super().__init__(f"training diverged: non-finite loss in epoch {epoch}, batch {batch} "
-                         f"at lr {lr:g}; lower optim.lr or add a schedule")
-        self.epoch, self.batch, self.lr = epoch, batch, lr
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stop was requested (SIGINT/SIGTERM); raised after the batch in flight.
-
-    A KeyboardInterrupt, so that it passes through Hydra and ends a whole sweep;
-    `signum` gives the exit code (128 + signal number)."""
-
-    def __init__(self, epoch: int, batch: int, signum: int = signal.SIGINT):
-        where = f"in epoch {epoch} after batch {batch}" if epoch else "at once"
-        super().__init__(f"interrupted {where}")
-        self.epoch, self.batch, self.signum = epoch, batch, signum

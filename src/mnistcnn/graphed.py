@@ -4,20 +4,19 @@ On a GPU the eager loop is bound by kernel launches: a step of these small nets 
 of tiny kernels, and the GPU idles between them. Replaying the whole step (batch gather,
 augmentation, forward, loss, backward, optimizer) as one graph removes that overhead.
 The step itself is `engine.train_step`, the same function the CPU runs eagerly; this
-module only decides whether it can be captured, captures it and replays it.
+module only captures and replays it (whether it can be captured, and the optimizer flags a
+captured step needs, are decided in training_setup.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from mnistcnn.config import choice
 from mnistcnn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -25,65 +24,6 @@ log = logging.getLogger(__name__)
 # Eager steps before the capture: they are real training steps, run on a side stream so
 # cuDNN/cuBLAS pick their kernels and the optimizer creates its state outside the graph.
 WARMUP_STEPS = 3
-# Optimizer flags a graphed run sets (see optimizer_options), kept through a resume.
-OPTIMIZER_FLAGS = ("capturable", "fused", "foreach")
-
-
-def cuda_graph_setting(cfg) -> str:
-    """trainer.cuda_graph as "auto", "true" or "false" (YAML turns true/false into bools)."""
-    return str(cfg.trainer.cuda_graph).lower()
-
-
-def graph_off_reason(cfg, device: torch.device) -> str | None:
-    """None when the training step will be captured; otherwise why it runs eagerly.
-
-    A combination that cannot be graphed trains eagerly with `auto`; with
-    trainer.cuda_graph=true it is a user error, so nobody benchmarks the wrong loop."""
-    setting = cuda_graph_setting(cfg)
-    if setting == "false":
-        return "trainer.cuda_graph=false"
-    reason = None
-    if device.type != "cuda":
-        reason = f"CUDA graphs need a GPU and this run trains on {device.type}"
-    elif cfg.trainer.compile:
-        reason = ("trainer.compile=true (torch.compile makes its own graphs with "
-                  "trainer.compile_mode=reduce_overhead)")
-    elif choice(cfg.sched.name) == "onecycle" and choice(cfg.optim.name) in ("sgd", "rmsprop"):
-        reason = (f"sched=onecycle cycles optim.momentum, which a captured "
-                  f"{choice(cfg.optim.name)} step would read as a constant")
-    if reason is not None and setting == "true":
-        raise UserError(f"trainer.cuda_graph=true but {reason}; "
-                        f"use trainer.cuda_graph=auto or false")
-    return reason
-
-
-def scheduled_hyperparameters(cfg) -> tuple[str, ...]:
-    """The param_group keys the schedule changes during training: a replayed graph must read
-    them from device tensors. Constant ones are baked into the graph as numbers."""
-    sched, optim = choice(cfg.sched.name), choice(cfg.optim.name)
-    if sched == "none":
-        return ()
-    if sched == "onecycle" and optim in ("adam", "adamw"):
-        return ("lr", "betas")  # one-cycle moves Adam's beta1 against the learning rate
-    return ("lr",)
-
-
-def optimizer_options(name: str, graph_reads: tuple[str, ...] | None) -> dict[str, Any]:
-    """Constructor flags that let an optimizer step be captured and read `graph_reads` (from
-    scheduled_hyperparameters; None for an eager run) from device tensors: `capturable`
-    keeps the step count on the GPU; SGD has no such flag, and its fused kernel is the one
-    that takes a tensor lr. The code path is named, not left to the device's default, because
-    only one path of each optimizer reads a tensor lr without a host sync (which would break
-    the capture): the foreach one (RMSprop's and Adadelta's per-parameter paths call .item())."""
-    if graph_reads is None:
-        return {}
-    if name == "sgd":
-        return {"fused": True}
-    if "betas" in graph_reads:
-        # Adam's foreach kernels take beta1 only as a number: a tensor beta1 is read to the
-        # host with .item(). Its per-parameter path lerps with a tensor weight and reads nothing.
-        return {"capturable": True, "foreach": False}
-    return {"capturable": True, "foreach": True}
 
 
 def graph_read_value(key: str, value: Any) -> float:
@@ -97,16 +37,6 @@ def graph_group_value(key: str, value: Any, tensor: torch.Tensor) -> Any:
     """What param_group[key] holds while the step is captured: `tensor` where the graph reads
     one (see graph_read_value), the numbers it bakes in elsewhere."""
     return (tensor, *value[1:]) if key == "betas" else tensor
-
-
-def with_optimizer_flags(saved: dict, opt: torch.optim.Optimizer) -> dict:
-    """A saved optimizer state whose groups carry `opt`'s capturable/fused/foreach flags, so
-    a run saved on one device or loop resumes on another (load_state_dict moves the step
-    counts where those flags want them)."""
-    saved = copy.copy(saved)
-    flags = {k: v for k, v in opt.param_groups[0].items() if k in OPTIMIZER_FLAGS}
-    saved["param_groups"] = [{**group, **flags} for group in saved["param_groups"]]
-    return saved
 
 
 class CudaGraphStep:

@@ -25,20 +25,17 @@ from omegaconf import DictConfig, OmegaConf
 from mnistcnn import data as data_mod
 from mnistcnn import files, models, report, tblog
 from mnistcnn.config import choice, saved_config, to_plain, validate
-from mnistcnn.engine import (
-    Diverged,
-    Interrupted,
-    evaluate,
-    fit,
+from mnistcnn.engine import evaluate, fit, predict
+from mnistcnn.errors import Diverged, Interrupted, UserError
+from mnistcnn.graphed import describe_path
+from mnistcnn.stopping import EarlyStopping
+from mnistcnn.training_setup import (
+    graph_off_reason,
     make_loss,
     place_model,
-    predict,
     resolve_device,
     seed_everything,
 )
-from mnistcnn.errors import UserError
-from mnistcnn.graphed import describe_path, graph_off_reason
-from mnistcnn.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
