@@ -115,6 +115,11 @@ def test_one_seed_per_arm_has_no_test_and_says_why():
     assert "Welch's t-test needs two seeds per arm (n = 1 and 1), so the seed spread is " \
            "unknown" in a.sentence
     assert a.numbers["smallest_not_worse"] is None
+    three = runs + [run(0.97, **{"model.pool": "none"})]
+    b = answer(Question("?", "model.pool", baseline="avg"), three)
+    assert b.sentence == ("Against the baseline pool=avg (98.00%, n = 1 per arm): pool=max "
+                          "+1.00 points; pool=none -1.00 points. No test: Welch's t-test needs "
+                          "two seeds per arm (n = 1 and 1), so the seed spread is unknown.")
 
 
 def test_arms_that_do_not_vary_cannot_be_tested():

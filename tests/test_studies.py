@@ -164,6 +164,10 @@ def test_a_book_rebuilds_from_its_small_files_alone(book_dir, tmp_path):
     assert "pooling/0_pool=max,seed=0/classification.csv" in kept
     assert "book.json" in kept and "STUDIES.md" in kept and "pooling/test_acc.png" in kept
     assert not any(k.endswith((".pt", "predictions.csv", ".html")) for k in kept)
+    job = dest / "tiny" / "1_b"
+    assert "host" not in json.loads((job / "summary.json").read_text())  # no machine names
+    assert yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text()) == {
+        "hydra": {"runtime": {"choices": {"variant": "tiny_4classes"}}}}
 
     def findings(folder):
         return (folder / "STUDIES.md").read_text().split("## Findings")[1].split("\n## ")[0]
@@ -307,6 +311,7 @@ def jobs_of(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name[0].isdigit())
 
 
+@pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)
 def test_studies_quick_writes_the_book(quick_book):
     out, _, result = quick_book
     assert result.returncode == 0, result.stderr
@@ -328,6 +333,7 @@ def test_studies_quick_writes_the_book(quick_book):
     assert list(record["studies"]) == ["pooling", "dropout"]
 
 
+@pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)
 def test_dry_run_of_a_started_book_counts_and_times_its_runs(quick_book, capsys):
     out, args, first = quick_book
     assert first.returncode == 0, first.stderr
@@ -343,6 +349,7 @@ def test_dry_run_of_a_started_book_counts_and_times_its_runs(quick_book, capsys)
         in lines[0]
 
 
+@pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)
 def test_book_only_and_publish_rebuild_without_training(quick_book, tmp_path):
     out, args, first = quick_book
     assert first.returncode == 0, first.stderr
@@ -360,6 +367,7 @@ def test_book_only_and_publish_rebuild_without_training(quick_book, tmp_path):
     assert findings(dest) == findings(out)
 
 
+@pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)
 def test_resume_reruns_only_what_is_missing(quick_book):
     out, args, first = quick_book
     assert first.returncode == 0, first.stderr
@@ -378,6 +386,7 @@ def test_resume_reruns_only_what_is_missing(quick_book):
     assert len(record["commands"]) == 2 and record["commands"][1].endswith("--resume")
 
 
+@pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)
 def test_a_book_folder_is_not_overwritten_without_resume(quick_book):
     out, args, _ = quick_book
     result = run_cli(*args)

@@ -1,11 +1,12 @@
 """What a publisher copies: a book's small files, enough to rebuild it and check its numbers.
 
-For every run of the book's studies: the resolved config and Hydra's record of the job
-(.hydra/config.yaml, hydra.yaml, overrides.yaml: the variant and quick choices live in
-hydra.yaml), metrics.jsonl, summary.json and the per-class report (classification.csv);
-and the book's own book.json. No checkpoints, predictions or plots: a few kilobytes a run.
-The book is then written in the destination from those files alone, so what is published
-is proven to rebuild.
+For every run of the book's studies: the resolved config (.hydra/config.yaml), the config
+group choices Hydra recorded for the job (hydra.yaml reduced to hydra.runtime.choices: the
+variant and quick choices live there; the rest of it holds this machine's paths),
+metrics.jsonl, summary.json without the host name, and the per-class report
+(classification.csv); and the book's own book.json. No checkpoints, predictions or plots:
+a few kilobytes a run. The book is then written in the destination from those files
+alone, so what is published is proven to rebuild.
 """
 
 from __future__ import annotations
@@ -14,10 +15,29 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from mnistcnn import book, compare, files
 
-SMALL_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml",
-               "metrics.jsonl", "summary.json", "classification.csv")
+COPIED = (".hydra/config.yaml", "metrics.jsonl", "classification.csv")
+HYDRA_RECORD = Path(".hydra") / "hydra.yaml"
+PRIVATE = ("host",)  # summary.json keys that name the machine, not the run
+
+
+def copy_run(run: Path, target: Path) -> None:
+    for name in COPIED:
+        if (run / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run / name, target / name)
+    if (run / "summary.json").is_file():
+        summary = files.read_json(run / "summary.json")
+        files.write_json(target / "summary.json",
+                         {k: v for k, v in summary.items() if k not in PRIVATE})
+    if (run / HYDRA_RECORD).is_file():
+        choices = OmegaConf.load(run / HYDRA_RECORD).hydra.runtime.get("choices", {})
+        record = {"hydra": {"runtime": {"choices": OmegaConf.to_container(choices)}}}
+        (target / HYDRA_RECORD).parent.mkdir(parents=True, exist_ok=True)
+        files.write_text(target / HYDRA_RECORD, OmegaConf.to_yaml(record))
 
 
 def copy_small_files(book_dir: Path, names: Sequence[str], dest: Path) -> int:
@@ -25,16 +45,10 @@ def copy_small_files(book_dir: Path, names: Sequence[str], dest: Path) -> int:
     returns how many runs were copied."""
     copied = 0
     for name in names:
-        if not (book_dir / name).is_dir():
-            continue
-        for run in compare.find_runs([book_dir / name]):
-            for small in SMALL_FILES:
-                source = run / small
-                if source.is_file():
-                    target = dest / run.relative_to(book_dir) / small
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(source, target)
-            copied += 1
+        if (book_dir / name).is_dir():
+            for run in compare.find_runs([book_dir / name]):
+                copy_run(run, dest / run.relative_to(book_dir))
+                copied += 1
     return copied
 
 

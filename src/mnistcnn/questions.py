@@ -260,10 +260,15 @@ def one_factor_sentence(name: str, samples: dict[str, list[float]], means: dict[
         return f"{head}; {contrast_clause(c, 'Welch')}."
     against = (f"Against the baseline {name}={ref}" if ref == baseline
                else f"Against the best, {name}={ref}")
+    reasons = {c.untested for c in contrasts}
+    if len(reasons) == 1 and "" not in reasons:  # no test at all: say why once
+        parts = [f"{name}={c.level} {c.diff:+.2f} points" for c in contrasts]
+        return (f"{against} ({means[ref]:.2f}%, {n}): {'; '.join(parts)}. No test: "
+                f"{reasons.pop()}.")
     parts = [f"{name}={c.level} {c.diff:+.2f} points ({contrast_clause(c, 'Welch')})"
              for c in contrasts]
-    corrected = (f" Welch's t-tests, Holm-corrected over {len(contrasts)} comparisons."
-                 if len(contrasts) > 1 else "")
+    tested = sum(c.p_holm is not None for c in contrasts)
+    corrected = f" Welch's t-tests, Holm-corrected over {tested} comparisons." if tested else ""
     return f"{against} ({means[ref]:.2f}%, {n}): {'; '.join(parts)}.{corrected}"
 
 
