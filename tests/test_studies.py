@@ -132,7 +132,7 @@ def test_a_book_of_short_runs_says_so_at_the_top(book_dir):
     md = book.to_markdown(book.load(book_dir, ["pooling"]))
     top = md.split("## Findings")[0]
     assert "**Smoke runs, not findings: the runs of this book are shorter than their " \
-           "studies' protocol (quick=on: 1 epoch, 1,000 training images, 1 seed)." in top
+           "studies' protocol (quick=on: 1 epoch and 1,000 training images a run)." in top
     findings = md.split("## Findings")[1].split("\n## ")[0]
     assert "| study | question | what the smoke runs measured |" in findings
     assert "| Smoke runs, shorter than the protocol: not a finding. pool=max is" in findings

@@ -23,7 +23,7 @@ from mnistcnn.errors import UserError
 from mnistcnn.pages import ABSENT, esc, md_table
 
 BOOK_FILE = "book.json"  # what `studies` records: command(s), wall times, machine, studies
-QUICK = "quick=on: 1 epoch, 1,000 training images, 1 seed"  # conf/quick/on.yaml
+QUICK = "quick=on: 1 epoch and 1,000 training images a run"  # conf/quick/on.yaml
 
 
 # ----------------------------------------------------------------------------- a study
