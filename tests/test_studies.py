@@ -274,8 +274,7 @@ def test_dry_run_plans_every_study_and_runs_nothing(tmp_path, capsys):
         "dropout: 3 arm(s) x 1 seed(s) = 3 runs; no estimate",
         "pooling: 2 arm(s) x 1 seed(s) = 2 runs; no estimate",
         "features: 4 arm(s) x 1 seed(s) = 4 runs; no estimate",
-        "in all: 9 runs, 9 to run; no estimate (no finished run of these arms in --out DIR); "
-        "nothing was run"]
+        "in all: 9 runs, 9 to run; no estimate; nothing was run"]
     studies.run_studies(["--dry-run", "tiny", "mobilenet"])
     assert capsys.readouterr().out.splitlines()[:2] == [
         "tiny: 5 arm(s) x 3 seed(s) = 15 runs; no estimate",

@@ -187,15 +187,23 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
 
 
-def prepare(studies: Sequence[StudyFile], out: Path, opts: argparse.Namespace,
-            overrides: list[str], search_root: Path) -> tuple[dict[str, list[str]], dict]:
-    """Each study's `train -m` overrides, with people's study files copied where Hydra
-    finds them (search_root), and its study block, every question checked against its
-    file's sweep."""
+def book_args(studies: Sequence[StudyFile], out: Path, opts: argparse.Namespace,
+              overrides: list[str], search_root: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """(each study's `train -m` overrides, the search path override), people's study files
+    copied where Hydra finds them (search_root)."""
     search = study_files.search_overrides(studies, search_root)
-    blocks = {s.name: study_files.check_questions(s, search) for s in studies}
-    return ({s.name: study_overrides(s.name, out, opts, [*search, *overrides]) for s in studies},
-            blocks)
+    return ({s.name: study_overrides(s.name, out, opts, [*search, *overrides])
+             for s in studies}, search)
+
+
+def estimate_text(pending: int, seconds: float, timed: int) -> str:
+    """How long the pending runs take, as far as finished runs of the same arm tell."""
+    if pending == 0:
+        return ""
+    if timed == 0:
+        return "no estimate"
+    rest = f", no estimate for {pending - timed} more" if pending > timed else ""
+    return f"~{book.duration(seconds)} for {timed} of them from finished runs of the same arm{rest}"
 
 
 def dry_run(per_study: dict[str, list[str]], out: Path, resuming: bool) -> None:
@@ -206,29 +214,24 @@ def dry_run(per_study: dict[str, list[str]], out: Path, resuming: bool) -> None:
         line = f"{p.name}: {p.arms} arm(s) x {p.seeds} seed(s) = {p.runs} runs"
         if resuming:
             line += f"; {p.complete} complete in {out / p.name}, {p.pending} to run"
-        estimate = ("" if p.pending == 0 else
-                    f"~{book.duration(p.estimate_s)} for {p.estimated} of them from finished "
-                    f"runs of the same arm" if p.estimated else "no estimate")
-        if p.missing and p.estimated:
-            estimate += f"; no estimate for {p.pending - p.estimated} more"
-        print(f"{line}{'; ' + estimate if estimate else ''}")
-    total = sum(p.runs for p in plans)
+        estimate = estimate_text(p.pending, p.estimate_s, p.estimated)
+        print(line + (f"; {estimate}" if estimate else ""))
     pending = sum(p.pending for p in plans)
-    timed = sum(p.estimated for p in plans)
-    print(f"in all: {total} runs, {pending} to run; " + (
-        f"~{book.duration(sum(p.estimate_s for p in plans))} for {timed} of them"
-        + (f", no estimate for {pending - timed}" if pending > timed else "")
-        if timed else "no estimate (no finished run of these arms in --out DIR)")
-        + "; nothing was run")
+    estimate = estimate_text(pending, sum(p.estimate_s for p in plans),
+                             sum(p.estimated for p in plans))
+    print(f"in all: {sum(p.runs for p in plans)} runs, {pending} to run"
+          + (f"; {estimate}" if estimate else "") + "; nothing was run")
 
 
 def book_names(out: Path, studies: Sequence[StudyFile], record: dict) -> list[str]:
-    """The studies of the book: those named, else those book.json lists, else every
-    folder of DIR that holds runs."""
+    """The studies of the book: those named, else those book.json records (with their
+    questions, or with a wall time from an earlier version), else every folder of DIR
+    that holds runs."""
     if studies:
         return [s.name for s in studies]
-    return list(record.get("studies") or sorted(
-        p.name for p in out.iterdir() if p.is_dir() and any(p.glob("*/.hydra/config.yaml"))))
+    recorded = list(dict.fromkeys([*record.get("studies", {}), *record.get("wall_s", {})]))
+    return recorded or sorted(p.name for p in out.iterdir()
+                              if p.is_dir() and any(p.glob("*/.hydra/config.yaml")))
 
 
 def write_book(out: Path, names: Sequence[str], opts: argparse.Namespace) -> book.Book:
@@ -259,7 +262,8 @@ def run_studies(args: list[str]) -> None:
         raise UserError(f"{out} already holds {', '.join(started)}; add --resume to continue "
                         f"that book, or choose another --out DIR")
     with tempfile.TemporaryDirectory() as scratch:
-        per_study, blocks = prepare(studies, out, opts, overrides, Path(scratch))
+        per_study, search = book_args(studies, out, opts, overrides, Path(scratch))
+        blocks = {s.name: study_files.check_questions(s, search) for s in studies}
         if opts.dry_run:  # composing the plan checks the keys; models are built by the runs
             dry_run(per_study, out, resuming=out.is_dir())
             return
@@ -268,7 +272,7 @@ def run_studies(args: list[str]) -> None:
             precheck(study_args, multirun=True)  # a typo costs nothing: no folder, no run
             jobs = sweep_jobs(study_args)
             totals[name] = sum(1 for _ in jobs) if jobs is not None else 0  # 0: not listable
-    per_study, _ = prepare(studies, out, opts, overrides, out / STUDY_FILES)
+    per_study, _ = book_args(studies, out, opts, overrides, out / STUDY_FILES)
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / book.BOOK_FILE
     record = files.read_json(record_path) if record_path.is_file() else {}
@@ -310,8 +314,7 @@ def run_studies(args: list[str]) -> None:
             failed_studies.append(name)
             print(f"study {name} exited with {code}; see {out / name}.log", file=sys.stderr,
                   flush=True)
-    written = write_book(out, [*record["studies"], *(n for n in record["wall_s"]
-                                                     if n not in record["studies"])], opts)
+    written = write_book(out, book_names(out, [], record), opts)
     if written.failed or failed_studies:
         print(f"error: {len(written.failed)} run(s) did not complete"
               + (f"; studies with errors: {', '.join(failed_studies)}" if failed_studies else "")
