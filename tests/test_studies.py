@@ -1,66 +1,44 @@
-"""The studies book: statistics, findings sentences, the writer on hand-made sweep folders,
-and the `studies` command end to end on synthetic data (smoke run, then --resume)."""
+"""The studies book and the `studies` command: the writer on hand-made sweep folders, study
+files and their checks, --dry-run, --book-only and --publish, and the command end to end on
+synthetic data (a preset and a person's own study file, smoke size, then --resume).
+The statistics themselves are checked against scipy and statsmodels in test_questions.py."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import ROOT, run_cli
 
-from mnistcnn import book, compare, studies
+from mnistcnn import book, compare, studies, study_files
 from mnistcnn.errors import UserError
 
 DIGITS = [str(d) for d in range(10)]
 GROUPS = {0: [0, 6], 1: [1, 7], 2: [2, 3, 5, 8], 3: [4, 9]}
-
-
-# ----------------------------------------------------------------------------- statistics
-def test_welch_matches_hand_computed_values():
-    # means 0.98 and 0.96, both variances 1e-4, n = 3: se = sqrt(2e-4 / 3) = 0.0081650,
-    # t = 0.02 / se = sqrt(6), df = (2e-4/3)^2 / (2 (1e-4/3)^2 / 2) = 4, t_0.975(4) = 2.7764.
-    w = book.welch([0.97, 0.98, 0.99], [0.95, 0.96, 0.97])
-    assert (w.n_a, w.n_b) == (3, 3)
-    assert w.diff == pytest.approx(0.02)
-    assert w.t == pytest.approx(math.sqrt(6))
-    assert w.df == pytest.approx(4.0)
-    assert w.low == pytest.approx(0.02 - 2.7764451 * 0.0081650, abs=1e-6)
-    assert w.high == pytest.approx(0.02 + 2.7764451 * 0.0081650, abs=1e-6)
-    assert w.p == pytest.approx(0.0705, abs=5e-4)  # t table: t = 2.449, 4 df, two-sided
-
-
-def test_welch_uses_the_welch_satterthwaite_degrees_of_freedom():
-    # var(a)/4 = (5/3)/4 = 0.41667, var(b)/2 = 2/2 = 1:
-    # df = 1.41667^2 / (0.41667^2 / 3 + 1^2 / 1) = 1.8972; t = -0.5 / sqrt(1.41667) = -0.4201
-    w = book.welch([1, 2, 3, 4], [2, 4])
-    assert w.df == pytest.approx(1.8972, abs=1e-4)
-    assert w.t == pytest.approx(-0.4201, abs=1e-4)
-    assert w.diff == pytest.approx(-0.5) and w.low < w.diff < w.high
-
-
-def test_welch_needs_two_values_per_arm_and_some_spread():
-    assert book.welch([0.9], [0.8, 0.85]) is None
-    assert "not possible with n = 1 and 2" in book.welch_text(None, 1, 2)
-    flat = book.welch([0.9, 0.9], [0.8, 0.8])
-    assert math.isnan(flat.p) and flat.low == flat.high == pytest.approx(0.1)
-    assert "neither arm varies" in book.welch_text(flat, 2, 2)
+POOLING = {"title": "Pooling in the classic net",
+           "questions": [{"factor": "model.pool", "ask": "Max or average pooling?",
+                          "baseline": None, "levels": None}]}
+PRESETS = ["activations", "batchnorm", "conv_depth", "features", "mobilenet", "neurons",
+           "pooling", "tiny"]
 
 
 # ----------------------------------------------------------------------------- run folders
-def make_run(folder: Path, seed: int, test_acc: float | None, classes=None, **config):
+def make_run(folder: Path, seed: int, test_acc: float | None, classes=None, study=None,
+             **config):
     """A job folder as `train` leaves it; test_acc None makes a failed run."""
     cfg = {"model": {"name": "classic", "pool": config.get("pool", "max"), "hidden": 50},
            "data": {"name": "mnist", "val_size": 10000, "resplit": None, "limit": None,
                     "classes": classes},
            "optim": {"name": "adam", "lr": 0.001},
-           "trainer": {"epochs": 10, "batch_size": 64, "device": "cpu"}, "seed": seed}
+           "trainer": {"epochs": 10, "batch_size": 64, "device": "cpu"}, "seed": seed,
+           "study": study}
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    choices = {"variant": config["variant"]} if "variant" in config else {}
+    choices = {k: config[k] for k in ("variant", "quick") if k in config}
     (folder / ".hydra" / "hydra.yaml").write_text(
         yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
     summary = {"status": "failed", "error": "CUDA out of memory", "seed": seed,
@@ -87,77 +65,57 @@ def rows_of(folder: Path):
     return compare.build(compare.load_runs([folder])).rows
 
 
-# ----------------------------------------------------------------------------- findings
-def test_finding_names_the_winner_the_gap_the_spread_and_the_test(tmp_path):
-    for i, (pool, acc) in enumerate([("max", 0.990), ("max", 0.991), ("max", 0.992),
-                                     ("avg", 0.980), ("avg", 0.981), ("avg", 0.982)]):
-        make_run(tmp_path / f"{i}_job", i % 3, acc, pool=pool)
-    answer, winner = book.finding(rows_of(tmp_path))
-    assert answer.startswith("pool=max wins, 1.00 points of test accuracy ahead of pool=avg "
-                             "(99.10 ± 0.10% vs 98.10 ± 0.10%), more than their seed spread")
-    assert "Welch p = " in answer and "n = 3 and 3" in answer
-    assert winner == "99.10 ± 0.10% (n = 3)"
-
-
-def test_finding_says_when_the_gap_is_within_the_seed_spread(tmp_path):
-    for i, (pool, acc) in enumerate([("max", 0.99), ("max", 0.97), ("avg", 0.985),
-                                     ("avg", 0.975)]):
-        make_run(tmp_path / f"{i}_job", i % 2, acc, pool=pool)
-    answer, _ = book.finding(rows_of(tmp_path))
-    assert "within their seed spread, so the ranking may change" in answer
-
-
-def test_finding_with_one_seed_or_one_arm_or_none(tmp_path):
-    make_run(tmp_path / "a" / "0_job", 0, 0.99, pool="max")
-    make_run(tmp_path / "a" / "1_job", 0, 0.98, pool="avg")
-    answer, winner = book.finding(rows_of(tmp_path / "a"))
-    assert answer.endswith("with one seed per arm the seed spread is unknown.")
-    assert winner == "99.00% (n = 1)"
-    make_run(tmp_path / "b" / "0_job", 0, 0.99, pool="max")
-    make_run(tmp_path / "b" / "1_job", 0, None, pool="avg")
-    assert book.finding(rows_of(tmp_path / "b"))[0] == (
-        "Only pool=max completed: nothing to compare it with.")
-    make_run(tmp_path / "c" / "0_job", 0, None)
-    assert book.finding(rows_of(tmp_path / "c")) == ("No run completed: no answer.", "—")
-
-
 # ----------------------------------------------------------------------------- the writer
 @pytest.fixture
 def book_dir(tmp_path) -> Path:
-    """pooling: 2 arms x 3 seeds, one run failed; neurons: one seed per arm; tiny: 10 vs 4
-    classes; the other studies never ran."""
+    """pooling: 2 arms x 3 seeds, one run failed, its questions in the runs' configs;
+    neurons: one seed per arm, its questions only in book.json; tiny: 10 vs 4 classes;
+    batchnorm: recorded, never ran."""
     out = tmp_path / "book"
     specs = [("max", 0, 0.990), ("max", 1, 0.991), ("max", 2, 0.992),
              ("avg", 0, 0.980), ("avg", 1, 0.982), ("avg", 2, None)]
     for i, (pool, seed, acc) in enumerate(specs):
-        make_run(out / "pooling" / f"{i}_pool={pool},seed={seed}", seed, acc, pool=pool)
+        make_run(out / "pooling" / f"{i}_pool={pool},seed={seed}", seed, acc, pool=pool,
+                 study=POOLING)
     make_run(out / "neurons" / "0_a", 0, 0.97, pool="max")
     make_run(out / "neurons" / "1_b", 0, 0.96, pool="avg")
-    make_run(out / "tiny" / "0_a", 0, 0.90, variant="tiny_10classes")
-    make_run(out / "tiny" / "1_b", 0, 0.95, classes=GROUPS, variant="tiny_4classes")
+    tiny = {"title": "Tiny", "questions": [{"factor": "variant", "ask": "10 or 4 classes?"}]}
+    make_run(out / "tiny" / "0_a", 0, 0.90, variant="tiny_10classes", study=tiny)
+    make_run(out / "tiny" / "1_b", 0, 0.95, classes=GROUPS, variant="tiny_4classes", study=tiny)
     (out / book.BOOK_FILE).write_text(json.dumps({
         "wall_s": {"pooling": 61.0, "neurons": 5.0, "tiny": 7.0}, "machine": "test box",
-        "commands": ["python -m mnistcnn studies pooling neurons tiny"]}))
+        "commands": ["python -m mnistcnn studies pooling neurons tiny"],
+        "studies": {"neurons": {"title": "Hidden neurons", "questions": [
+                        {"factor": "model.pool", "ask": "50 or 25?"}]},
+                    "batchnorm": {"title": "Batch norm", "questions": [
+                        {"factor": "model.batchnorm", "ask": "Does BN help?"}]}}}))
     return out
 
 
-def test_book_writes_findings_sections_and_the_machine(book_dir):
-    written = book.write(book_dir, list(book.QUESTIONS))
+def test_book_answers_every_question_from_the_runs(book_dir):
+    written = book.write(book_dir, ["pooling", "neurons", "tiny", "batchnorm"])
     assert [r.path.name for r in written.failed] == ["5_pool=avg,seed=2"]
     md = (book_dir / "STUDIES.md").read_text()
+    assert "Smoke runs" not in md  # full-length runs: no warning
     findings = md.split("## Findings")[1].split("\n## ")[0]
-    assert f"| pooling | {book.QUESTIONS['pooling']} | pool=max wins, 1.00 points" in findings
-    assert "| batchnorm |" in findings and "Not run yet." in findings
+    assert "| study | question | answer |" in findings
+    assert ("| pooling | Max or average pooling? | pool=max is 1.00 points above pool=avg "
+            "(99.10% vs 98.10%, n = 2–3 per arm); Welch p = ") in findings
+    assert "1 run(s) did not complete and are left out." in findings
+    assert "| batchnorm | Does BN help? | Not run yet. |" in findings
+    assert "| neurons | 50 or 25? | pool=max is 1.00 points above pool=avg" in findings
     pooling = md.split("## pooling")[1].split("\n## ")[0]
+    assert "**Pooling in the classic net**" in pooling
+    assert "### Max or average pooling?" in pooling and "| vs pool=avg (points) |" in pooling
     assert "| seeds | 0, 1, 2 (3 per arm) |" in pooling and "| model | classic |" in pooling
     assert "| split | val_size=10000 |" in pooling  # unset keys left out
     assert "failed (seed 2, 5_pool=avg,seed=2) | CUDA out of memory" in pooling
-    assert "Welch's t-test: t = " in pooling and "(n = 3 and 2)" in pooling
     assert "![test accuracy](pooling/test_acc.png)" in pooling
     assert (book_dir / "pooling" / "test_acc.png").is_file()
     assert "| 9 | 90.10 ± 0.10 | 89.10 ± 0.14 |" in pooling  # recall per class and arm
     neurons = md.split("## neurons")[1].split("\n## ")[0]
-    assert "Welch's t-test is not possible with n = 1 and 1" in neurons
+    assert "**Hidden neurons**" in neurons  # title from book.json: the runs carry none
+    assert "needs two seeds per arm (n = 1 and 1)" in neurons
     tiny = md.split("## tiny")[1].split("\n## ")[0]
     assert "different class sets (4 classes: variant=tiny_4classes; 10 classes: " in tiny
     assert "| {2,3,5,8} |" in tiny
@@ -167,18 +125,53 @@ def test_book_writes_findings_sections_and_the_machine(book_dir):
     assert "| command | python -m mnistcnn studies pooling neurons tiny |" in machine
 
 
+def test_a_book_of_short_runs_says_so_at_the_top(book_dir):
+    for job in (book_dir / "pooling").iterdir():  # as `studies --quick` records them
+        hydra = job / ".hydra" / "hydra.yaml"
+        hydra.write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"quick": "on"}}}}))
+    md = book.to_markdown(book.load(book_dir, ["pooling"]))
+    top = md.split("## Findings")[0]
+    assert "**Smoke runs, not findings: the runs of this book are shorter than their " \
+           "studies' protocol (quick=on: 1 epoch and 1,000 training images a run)." in top
+    findings = md.split("## Findings")[1].split("\n## ")[0]
+    assert "| study | question | what the smoke runs measured |" in findings
+    assert "| Smoke runs, shorter than the protocol: not a finding. pool=max is" in findings
+    assert "wins" not in findings
+
+
 def test_book_html_is_self_contained(book_dir):
     book.write(book_dir, ["pooling", "tiny"])
     page = (book_dir / "studies.html").read_text()
     assert page.count('<section id="') == 2 and "<h2>Findings</h2>" in page
     assert page.count("data:image/png;base64,") == 6  # 3 figures per study
     assert 'src="http' not in page and "<script" not in page
-    assert "not the same task" in page  # tiny's winner and runner-up differ in classes
+    assert "<h3>Max or average pooling?</h3>" in page
 
 
-def test_the_studies_are_the_presets_but_speedrun():
+def test_the_studies_are_the_presets_with_a_study_block():
     presets = {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")}
-    assert set(book.QUESTIONS) == presets - {"speedrun"}
+    assert study_files.preset_names() == PRESETS == sorted(presets - {"speedrun"})
+
+
+def test_a_book_rebuilds_from_its_small_files_alone(book_dir, tmp_path):
+    book.write(book_dir, ["pooling", "tiny"])
+    dest = tmp_path / "published"
+    from mnistcnn import publish
+
+    publish.publish(book_dir, ["pooling", "tiny"], dest)
+    kept = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+    assert "pooling/0_pool=max,seed=0/.hydra/config.yaml" in kept
+    assert "pooling/0_pool=max,seed=0/classification.csv" in kept
+    assert "book.json" in kept and "STUDIES.md" in kept and "pooling/test_acc.png" in kept
+    assert not any(k.endswith((".pt", "predictions.csv", ".html")) for k in kept)
+    job = dest / "tiny" / "1_b"
+    assert "host" not in json.loads((job / "summary.json").read_text())  # no machine names
+    assert yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text()) == {
+        "hydra": {"runtime": {"choices": {"variant": "tiny_4classes"}}}}
+
+    def findings(folder):
+        return (folder / "STUDIES.md").read_text().split("## Findings")[1].split("\n## ")[0]
+    assert findings(dest) == findings(book_dir)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -186,8 +179,8 @@ def test_unknown_study_is_one_line_listing_the_valid_ones(tmp_path):
     result = run_cli("studies", "pooling", "speedrun", "--out", str(tmp_path / "b"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: unknown study speedrun; choose from " + ", ".join(book.QUESTIONS)
-        + " (or none for all eight)"]
+        "error: unknown study speedrun; choose from " + ", ".join(PRESETS)
+        + " (or none for all of them), or pass the path of a study file"]
     assert not (tmp_path / "b").exists()
 
 
@@ -200,12 +193,92 @@ def test_a_typo_in_an_override_stops_before_any_folder(tmp_path):
 def test_option_mistakes_are_user_errors(monkeypatch):
     with pytest.raises(UserError, match="--resume continues a book: name its folder"):
         studies.check(studies.parse(["pooling", "--resume"]))
+    with pytest.raises(UserError, match="--book-only writes the book of finished study"):
+        studies.check(studies.parse(["--book-only"]))
     monkeypatch.setattr(studies.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"--jobs needs Hydra's joblib launcher; install it"):
         studies.check(studies.parse(["--jobs", "2"]))
-    names, overrides = studies.check(studies.parse(["tiny", "seed=0", "--quick", "pooling"]))
-    assert names == ["tiny", "pooling"] and overrides == ["seed=0"]
-    assert studies.check(studies.parse([]))[0] == list(book.QUESTIONS)
+    found, overrides = studies.check(studies.parse(["tiny", "seed=0", "--quick", "pooling"]))
+    assert [s.name for s in found] == ["tiny", "pooling"] and overrides == ["seed=0"]
+    assert [s.name for s in studies.check(studies.parse([]))[0]] == PRESETS
+
+
+DROPOUT_STUDY = """# @package _global_
+defaults:
+  - _self_
+  - /quick: null
+  - override /model: classic
+
+trainer:
+  epochs: 2
+
+study:
+  title: Dropout in the classic net
+  questions:
+    - ask: Does dropout 0.25 or 0.5 help the classic net?
+      factor: model.dropout
+      baseline: 0.0
+
+hydra:
+  sweeper:
+    params:
+      model.dropout: 0.0,0.25,0.5
+      seed: 0,1,2
+"""
+
+
+def study_file(tmp_path: Path, text: str = DROPOUT_STUDY, name: str = "dropout") -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (("factor: model.dropout", "factor: model.dropuot"),
+     "question 1: unknown factor model.dropuot; name a key the sweep varies (model.dropout)"),
+    (("factor: model.dropout", "factor: model.hidden"),
+     "question 1: its sweep does not vary model.hidden (it varies model.dropout); add it to "
+     "hydra.sweeper.params or ask about one of those"),
+    (("baseline: 0.0", "baseline: 0.1"),
+     "question 1: baseline 0.1 is not a level of model.dropout (0.0, 0.25, 0.5)"),
+])
+def test_a_wrong_study_file_is_one_line_before_anything_runs(tmp_path, change, message):
+    path = study_file(tmp_path, DROPOUT_STUDY.replace(*change))
+    with pytest.raises(UserError, match=re.escape(f"study dropout (dropout.yaml), {message}")):
+        studies.run_studies([path, "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_misspelt_study_block_is_a_config_error(tmp_path):
+    path = study_file(tmp_path, DROPOUT_STUDY.replace("study:", "stud:"))
+    result = run_cli("studies", path, "--dry-run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "stud" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_study_file_without_questions_or_named_as_a_preset(tmp_path):
+    bare = DROPOUT_STUDY.split("study:")[0] + "hydra:" + DROPOUT_STUDY.split("hydra:")[1]
+    with pytest.raises(UserError, match=r"study dropout \(dropout.yaml\) asks nothing: add a "
+                                        r"study: block"):
+        studies.run_studies([study_file(tmp_path, bare), "--dry-run"])
+    with pytest.raises(UserError, match="has the name of the preset pooling; rename the file"):
+        studies.check(studies.parse([study_file(tmp_path, name="pooling")]))
+    with pytest.raises(UserError, match="study file nowhere.yaml does not exist"):
+        studies.check(studies.parse(["nowhere.yaml"]))
+
+
+def test_dry_run_plans_every_study_and_runs_nothing(tmp_path, capsys):
+    studies.run_studies(["--dry-run", study_file(tmp_path), "pooling", "features", "--quick"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "dropout: 3 arm(s) x 1 seed(s) = 3 runs; no estimate",
+        "pooling: 2 arm(s) x 1 seed(s) = 2 runs; no estimate",
+        "features: 4 arm(s) x 1 seed(s) = 4 runs; no estimate",
+        "in all: 9 runs, 9 to run; no estimate; nothing was run"]
+    studies.run_studies(["--dry-run", "tiny", "mobilenet"])
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "tiny: 5 arm(s) x 3 seed(s) = 15 runs; no estimate",
+        "mobilenet: 6 arm(s) x 3 seed(s) = 18 runs; no estimate"]
 
 
 def test_book_runs_skip_reports_unless_asked(tmp_path):
@@ -223,33 +296,81 @@ def test_book_runs_skip_reports_unless_asked(tmp_path):
 
 @pytest.fixture(scope="module")
 def quick_book(synthetic_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("studies") / "book"
-    args = ["studies", "pooling", "--quick", f"data.dir={synthetic_dir}", "data.val_size=200",
-            "data.limit=400", "trainer.device=cpu", "--out", str(out)]
+    """A preset and a person's own study file (model.dropout at three levels) at smoke
+    size, seeds 0 and 1 so that each arm can be tested."""
+    root = tmp_path_factory.mktemp("studies")
+    out = root / "book"
+    path = study_file(root)
+    args = ["studies", "pooling", path, "--quick", "seed=0,1", f"data.dir={synthetic_dir}",
+            "data.val_size=200", "data.limit=400", "trainer.device=cpu", "--out", str(out)]
     return out, args, run_cli(*args)
 
 
+def jobs_of(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name[0].isdigit())
+
+
+@pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)
 def test_studies_quick_writes_the_book(quick_book):
     out, _, result = quick_book
     assert result.returncode == 0, result.stderr
-    assert "[2/2 runs]" in result.stderr and "elapsed" in result.stderr
-    jobs = sorted(p for p in (out / "pooling").iterdir() if p.is_dir() and p.name[0].isdigit())
-    assert len(jobs) == 2
-    for job in jobs:
+    assert "[10/10 runs]" in result.stderr and "elapsed" in result.stderr
+    assert len(jobs_of(out / "pooling")) == 4 and len(jobs_of(out / "dropout")) == 6
+    for job in jobs_of(out / "pooling"):
         assert json.loads((job / "summary.json").read_text())["status"] == "completed"
         assert (job / "classification.csv").is_file()
         assert not (job / "report.html").exists()  # reports only on request (--reports)
+    assert (out / "study_files" / "experiment" / "dropout.yaml").is_file()
     assert (out / "pooling" / "comparison.md").is_file()
     md = (out / "STUDIES.md").read_text()
-    assert "| pooling |" in md and "## Machine and time" in md and "--quick" in md
+    assert md.startswith("# Studies\n\n**Smoke runs, not findings")
+    assert "| dropout | Does dropout 0.25 or 0.5 help the classic net? | Smoke runs, " in md
+    assert "Against the baseline dropout=0.0" in md and "n = 2 per arm" in md
+    assert "## Machine and time" in md and "--quick" in md
     assert "data:image/png;base64," in (out / "studies.html").read_text()
+    record = json.loads((out / book.BOOK_FILE).read_text())
+    assert list(record["studies"]) == ["pooling", "dropout"]
 
 
+@pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)
+def test_dry_run_of_a_started_book_counts_and_times_its_runs(quick_book, capsys):
+    out, args, first = quick_book
+    assert first.returncode == 0, first.stderr
+    studies.run_studies([*args[1:], "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"pooling: 2 arm(s) x 2 seed(s) = 4 runs; 4 complete in "
+                               f"{out / 'pooling'}, 0 to run")
+    again = [a.replace("seed=0,1", "seed=0,1,2") for a in args[1:]]
+    studies.run_studies([*again, "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("pooling: 2 arm(s) x 3 seed(s) = 6 runs; 4 complete in ")
+    assert "2 to run; ~" in lines[0] and "for 2 of them from finished runs of the same arm" \
+        in lines[0]
+
+
+@pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)
+def test_book_only_and_publish_rebuild_without_training(quick_book, tmp_path):
+    out, args, first = quick_book
+    assert first.returncode == 0, first.stderr
+    before = (out / "STUDIES.md").read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
+    (out / "STUDIES.md").unlink()
+    dest = tmp_path / "published"
+    studies.run_studies(["--book-only", "--out", str(out), "--publish", str(dest)])
+    assert (out / "STUDIES.md").read_text() == before
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == mtimes
+    assert not list(dest.rglob("model.pt")) and len(list(dest.rglob("summary.json"))) == 10
+
+    def findings(folder):
+        return (folder / "STUDIES.md").read_text().split("## Findings")[1].split("\n## ")[0]
+    assert findings(dest) == findings(out)
+
+
+@pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)
 def test_resume_reruns_only_what_is_missing(quick_book):
     out, args, first = quick_book
     assert first.returncode == 0, first.stderr
-    kept, lost = sorted(p for p in (out / "pooling").iterdir()
-                        if p.is_dir() and p.name[0].isdigit())
+    kept, lost = jobs_of(out / "pooling")[:2]
     before = {p: p.stat().st_mtime_ns for p in (kept / "summary.json", kept / "model.pt",
                                                  kept / "predictions.csv")}
     (lost / "summary.json").unlink()
@@ -259,11 +380,12 @@ def test_resume_reruns_only_what_is_missing(quick_book):
     assert {p: p.stat().st_mtime_ns for p in before} == before  # the completed run is kept
     assert json.loads((lost / "summary.json").read_text())["status"] == "completed"
     assert (lost / "model.pt").is_file()
-    assert "[1/2 runs]" in result.stderr and "[0/2 runs]" not in result.stderr  # 1 was kept
+    assert "[10/10 runs]" in result.stderr and "[8/10 runs]" not in result.stderr  # 9 kept
     record = json.loads((out / book.BOOK_FILE).read_text())
     assert len(record["commands"]) == 2 and record["commands"][1].endswith("--resume")
 
 
+@pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)
 def test_a_book_folder_is_not_overwritten_without_resume(quick_book):
     out, args, _ = quick_book
     result = run_cli(*args)

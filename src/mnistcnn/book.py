@@ -1,132 +1,29 @@
-"""The studies book: the sweep folders of the study presets -> STUDIES.md and studies.html.
+"""The studies book: the sweep folders of the studies -> STUDIES.md and studies.html.
 
 It sits beside compare.py and is composed of its sections: each study is a comparison
-(compare.build over the study's sweep folder) with the question it answers, its protocol
-as the runs' own configs record it, a two-sample test between the best two arms and the
-per-class recall of every arm. Every number comes from the run folders and from
+(compare.build over the study's sweep folder) with its title, its questions answered by
+questions.py, its protocol as the runs' own configs record it and the per-class recall of
+every arm. The questions are the study block of the runs' resolved configs (book.json's
+copy for a study that has not run yet). Every number comes from the run folders and from
 book.json (the wall times and the command that `studies` records), so the book can be
-rebuilt at any time from DIR alone.
+rebuilt at any time from DIR alone, or from the small files of its runs (publish.py).
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import platform
-import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from scipy import stats
-
-from mnistcnn import compare, files, pages
+from mnistcnn import compare, files, pages, questions
 from mnistcnn.compare import Comparison, Row, Stat
 from mnistcnn.errors import UserError
 from mnistcnn.pages import ABSENT, esc, md_table
 
-# The study presets in conf/experiment/ (all but speedrun, which is a benchmark) in the
-# order of the studies they reproduce, with the question each one asks.
-QUESTIONS = {
-    "batchnorm": "Does batch norm improve the conv5x5 net?",
-    "features": "How wide must the linear bottleneck of the conv5x5 net be, and do 20 "
-                "epochs beat 10?",
-    "activations": "Which activation trains the Keras net best: ReLU, sigmoid or tanh?",
-    "conv_depth": "Does the Keras net do better with two conv blocks or one?",
-    "neurons": "Does the classic net need 50 hidden neurons, or are 25 enough?",
-    "pooling": "Max or average pooling in the classic net?",
-    "tiny": "How does the tiny net do on 10 digits vs 4 grouped classes, and do augmentation, "
-            "dropout or batch norm help it on the 4?",
-    "mobilenet": "Do depthwise-separable (MobileNet) blocks keep up with plain conv blocks, "
-                 "and does SGD or Adam train them better?",
-}
-BOOK_FILE = "book.json"  # what `studies` records: command(s), wall times, machine
-CONFIDENCE = 0.95
-
-
-# ----------------------------------------------------------------------------- statistics
-@dataclass
-class Welch:
-    """Welch's two-sample t-test of a - b, and the confidence interval of the difference of
-    means with the Welch–Satterthwaite degrees of freedom. Values as given (fractions)."""
-
-    n_a: int
-    n_b: int
-    diff: float
-    low: float
-    high: float
-    t: float
-    df: float
-    p: float
-
-
-def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
-          ) -> Welch | None:
-    """None when either sample has fewer than two values (no variance to test with). When
-    neither sample varies at all, t and p are NaN and the interval is the difference."""
-    n_a, n_b = len(a), len(b)
-    if n_a < 2 or n_b < 2:
-        return None
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    va, vb = statistics.variance(a) / n_a, statistics.variance(b) / n_b
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return Welch(n_a, n_b, diff, diff, diff, math.nan, math.nan, math.nan)
-    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
-    result = stats.ttest_ind(a, b, equal_var=False)
-    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
-    return Welch(n_a, n_b, diff, diff - half, diff + half, float(result.statistic), df,
-                 float(result.pvalue))
-
-
-def welch_text(w: Welch | None, n_a: int, n_b: int) -> str:
-    """The test in words, with n stated; differences in points of accuracy."""
-    if w is None:
-        return (f"Welch's t-test is not possible with n = {n_a} and {n_b} (it needs at least "
-                f"two seeds in each arm).")
-    n = f"n = {w.n_a} and {w.n_b}"
-    if math.isnan(w.p):
-        return f"Welch's t-test is undefined: neither arm varies over its seeds ({n})."
-    return (f"Welch's t-test: t = {w.t:.2f}, df = {w.df:.1f}, p = {w.p:.3g}; "
-            f"{100 * CONFIDENCE:.0f}% interval of the difference "
-            f"[{100 * w.low:+.2f}, {100 * w.high:+.2f}] points ({n}).")
-
-
-# ----------------------------------------------------------------------------- findings
-def finding(rows: Sequence[Row]) -> tuple[str, str]:
-    """(the answer in one sentence, the winner's mean ± std) from a study's rows."""
-    ranked = compare.ranked_rows(rows)
-    if not ranked:
-        return "No run completed: no answer.", ABSENT
-    best, a = ranked[0]
-    winner = f"{compare.fmt(a, 'acc')}% (n = {a.n})"
-    if len(ranked) < 2:
-        return f"Only {best.label} completed: nothing to compare it with.", winner
-    second, b = ranked[1]
-    gap = 100 * (a.mean - b.mean)
-    if f"{gap:.2f}" == "0.00":
-        head = (f"{best.label} and {second.label} tie at {compare.fmt(a, 'acc')}% and "
-                f"{compare.fmt(b, 'acc')}% test accuracy")
-    else:
-        head = (f"{best.label} wins, {gap:.2f} points of test accuracy ahead of "
-                f"{second.label} ({compare.fmt(a, 'acc')}% vs {compare.fmt(b, 'acc')}%)")
-    if class_count(best) != class_count(second):
-        head += (f" (over {class_count(best)} and {class_count(second)} classes: not the same "
-                 f"task)")
-    if a.std is None or b.std is None:
-        return f"{head}; with one seed per arm the seed spread is unknown.", winner
-    w = welch(a.values, b.values)
-    spread = ("more than their seed spread" if compare.exceeds_spread(a, b)
-              else "within their seed spread, so the ranking may change with other seeds")
-    test = "" if w is None or math.isnan(w.p) else (
-        f" (Welch p = {w.p:.2g}, {100 * CONFIDENCE:.0f}% interval "
-        f"[{100 * w.low:+.2f}, {100 * w.high:+.2f}] points, n = {w.n_a} and {w.n_b})")
-    return f"{head}, {spread}{test}.", winner
-
-
-def class_count(row: Row) -> int:
-    classes = row.runs[0].config.get("data.classes")
-    return len(classes) if classes else 10
+BOOK_FILE = "book.json"  # what `studies` records: command(s), wall times, machine, studies
+QUICK = "quick=on: 1 epoch and 1,000 training images a run"  # conf/quick/on.yaml
 
 
 # ----------------------------------------------------------------------------- a study
@@ -137,20 +34,36 @@ class Study:
     comparison: Comparison | None  # None: no run folder yet (the study never started)
     wall_s: float | None
     images: dict[str, bytes]
+    title: str = ""
+    answers: list[questions.Answer] = field(default_factory=list)
+    asks: list[str] = field(default_factory=list)  # the questions, answered or not
 
-    @property
-    def question(self) -> str:
-        return QUESTIONS.get(self.name, "")
+
+def study_block(comp: Comparison | None, recorded: dict | None) -> dict:
+    """The study's title and questions: from its runs' configs, else as `studies` recorded
+    them in book.json."""
+    for run in comp.runs if comp else []:
+        if run.config.get("study.title") is not None or run.config.get("study.questions"):
+            return {"title": run.config.get("study.title") or "",
+                    "questions": run.config.get("study.questions") or []}
+    return recorded or {}
 
 
-def load_study(out_dir: Path, name: str, wall_s: float | None) -> Study:
+def load_study(out_dir: Path, name: str, wall_s: float | None, recorded: dict | None = None,
+               provisional: bool = False) -> Study:
     folder = out_dir / name
     try:
         runs = compare.load_runs([folder])
     except UserError:  # no folder, or no run in it yet
-        return Study(name, folder, None, wall_s, {})
-    comp = compare.build(runs)
-    return Study(name, folder, comp, wall_s, compare.draw_figures(comp, folder))
+        runs = []
+    comp = compare.build(runs) if runs else None
+    block = study_block(comp, recorded)
+    asked = questions.questions_of(block)
+    short = provisional or any(r.config.get("quick") == "on" for r in runs)
+    answers = [questions.answer(q, runs, short) for q in asked] if comp else []
+    return Study(name, folder, comp, wall_s,
+                 compare.draw_figures(comp, folder) if comp else {}, block.get("title") or name,
+                 answers, [q.ask for q in asked])
 
 
 PROTOCOL = [  # (what, config keys shown together)
@@ -231,31 +144,59 @@ class Book:
     def failed(self) -> list:
         return [r for s in self.studies if s.comparison for r in s.comparison.failed]
 
+    @property
+    def shortened(self) -> str:
+        """Why the runs are shorter than their studies' protocol, or '' when they are not:
+        quick=on in the runs' own record, or what `studies` recorded in book.json."""
+        quick = any(r.config.get("quick") == "on" for s in self.studies if s.comparison
+                    for r in s.comparison.runs)
+        return QUICK if quick else self.record.get("shortened", "")
+
 
 def load(out_dir: str | Path, names: Sequence[str]) -> Book:
     out = Path(out_dir)
     record = files.read_json(out / BOOK_FILE) if (out / BOOK_FILE).is_file() else {}
-    walls = record.get("wall_s", {})
-    return Book(out, [load_study(out, n, walls.get(n)) for n in names], record)
+    walls, recorded = record.get("wall_s", {}), record.get("studies", {})
+    shortened = bool(record.get("shortened"))
+    return Book(out, [load_study(out, n, walls.get(n), recorded.get(n), shortened)
+                      for n in names], record)
+
+
+def shortened_note(book: Book) -> list[str]:
+    """The warning at the top of a book whose runs are shorter than the protocol."""
+    if not book.shortened:
+        return []
+    return [f"Smoke runs, not findings: the runs of this book are shorter than their "
+            f"studies' protocol ({book.shortened}). Its numbers show that the pipeline runs; "
+            f"they answer none of the questions. Run the studies without shortening them "
+            f"for answers."]
 
 
 def findings_table(book: Book) -> tuple[list[str], list[list[str]]]:
+    """One row per question: the study, the question and its computed answer."""
     body = []
     for s in book.studies:
-        answer, winner = (finding(s.comparison.rows) if s.comparison
-                          else ("Not run yet.", ABSENT))
-        body.append([s.name, s.question, answer, winner])
-    return ["study", "question", "answer", "winner (test acc, mean ± std)"], body
+        if not s.answers:
+            body += [[s.name, ask, "Not run yet."] for ask in s.asks or [s.title]]
+        body += [[s.name, a.question.ask, a.sentence] for a in s.answers]
+    header = "what the smoke runs measured" if book.shortened else "answer"
+    return ["study", "question", header], body
 
 
-def best_two_test(comp: Comparison) -> list[str]:
-    """The note on the best two arms' test: none when fewer than two arms completed."""
-    ranked = compare.ranked_rows(comp.rows)
-    if len(ranked) < 2:
-        return []
-    (best, a), (second, b) = ranked[:2]
-    return [f"{best.label} vs {second.label}: "
-            + welch_text(welch(a.values, b.values), a.n, b.n)]
+def answer_markdown(study: Study) -> list[str]:
+    """Each question of a study, its answer and its tables, as markdown parts."""
+    parts = []
+    for a in study.answers:
+        parts += [f"### {a.question.ask}", a.sentence]
+        for title, table in a.tables:
+            parts += [f"*{title}*"] * bool(title) + [md_table(*table)]
+    return parts
+
+
+def answer_html(study: Study) -> str:
+    return "".join(pages.section(a.question.ask, f"<p>{pages.prose(a.sentence)}</p>" + "".join(
+        (f"<p><i>{esc(title)}</i></p>" if title else "") + pages.html_table(*table)
+        for title, table in a.tables), level=3) for a in study.answers)
 
 
 def machine_rows(book: Book) -> list[list[str]]:
@@ -284,16 +225,17 @@ def duration(seconds: float) -> str:
 
 
 def to_markdown(book: Book) -> str:
-    parts = ["# Studies", "## Findings", md_table(*findings_table(book))]
+    parts = ["# Studies", *(f"**{n}**" for n in shortened_note(book)), "## Findings",
+             md_table(*findings_table(book))]
     for s in book.studies:
-        parts += [f"## {s.name}", f"**{s.question}**"]
+        parts += [f"## {s.name}", f"**{s.title}**"]
         if s.comparison is None:
             parts.append(f"Not run yet: no run folders in `{s.name}/`.")
             continue
         parts.append(md_table(["protocol", ""], protocol(s.comparison)))
+        parts += answer_markdown(s)
         parts.append(compare.markdown_section(s.comparison, book.out_dir, level=3,
-                                              image_dir=f"{s.name}/", per_epoch=False,
-                                              more_notes=best_two_test(s.comparison)))
+                                              image_dir=f"{s.name}/", per_epoch=False))
         tables, note = per_class_tables(s.comparison)
         if tables:
             parts.append("### Per-class test recall (%)")
@@ -303,17 +245,17 @@ def to_markdown(book: Book) -> str:
 
 
 def to_html(book: Book) -> str:
-    body = ["<h1>Studies</h1>",
+    body = ["<h1>Studies</h1>", *(f"<p><b>{pages.prose(n)}</b></p>" for n in shortened_note(book)),
             pages.section("Findings", pages.html_table(*findings_table(book), css_class="text"))]
     for s in book.studies:
-        parts = [f"<p><b>{esc(s.question)}</b></p>"]
+        parts = [f"<p><b>{esc(s.title)}</b></p>"]
         if s.comparison is None:
             parts.append(f"<p>Not run yet: no run folders in {esc(s.name)}/.</p>")
         else:
             parts += [pages.html_table(["protocol", ""], protocol(s.comparison), css_class="text"),
+                      answer_html(s),
                       compare.html_section(s.comparison, book.out_dir, s.images, level=3,
-                                           per_epoch=False,
-                                           more_notes=best_two_test(s.comparison))]
+                                           per_epoch=False)]
             tables, note = per_class_tables(s.comparison)
             parts.append(pages.section("Per-class test recall (%)", "".join(
                 pages.html_table(*t) for t in tables) + (f"<p>{esc(note)}</p>" if note else ""),

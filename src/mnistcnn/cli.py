@@ -254,8 +254,8 @@ COMMANDS = {
     "evaluate": (evaluate, "re-evaluate a finished run: evaluate run=PATH"),
     "compare": (compare, "compare run or sweep folders: compare PATH [PATH ...] [--out DIR]"),
     "studies": (studies, "run the study presets and write the book of findings: "
-                         "studies [NAME ...] [KEY=VALUE ...] [--quick] [--jobs N] [--out DIR] "
-                         "[--resume]"),
+                         "studies [NAME|PATH ...] [KEY=VALUE ...] [--quick] [--jobs N] "
+                         "[--out DIR] [--resume] [--dry-run] [--book-only] [--publish DEST]"),
     "predict": (predict, "classify image files with a finished run: predict run=PATH "
                 "IMAGE_OR_FOLDER ... [--out FILE.csv] [--show]"),
 }

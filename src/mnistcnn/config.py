@@ -337,6 +337,27 @@ class ReportConfig:
     tsne_samples: int = 2000  # test images in the embedding plot
 
 
+# ----------------------------------------------------------------------------- studies
+@dataclass
+class QuestionConfig:
+    """One question of a study (docs/studies-guide.md): the factor it is about (a key the
+    sweep varies, a config group such as optim, or variant), optionally the baseline level
+    ("does X help?") and the levels it is about (default: all)."""
+
+    factor: str = MISSING
+    ask: str = ""
+    baseline: Any = None
+    levels: Any = None  # a list of levels, or null
+
+
+@dataclass
+class StudyConfig:
+    """What a study preset asks; the `studies` command answers it in the book."""
+
+    title: str = ""
+    questions: list[QuestionConfig] = field(default_factory=list)
+
+
 @dataclass
 class Config:
     model: Any = MISSING
@@ -351,6 +372,8 @@ class Config:
     # In a sweep (`train -m ... resume=true hydra.sweep.dir=OLD`): skip jobs that completed,
     # continue interrupted ones from their last.pt. A single run resumes with resume=PATH.
     resume: bool = False
+    # A study preset's title and questions (conf/experiment/); null outside a study.
+    study: StudyConfig | None = None
 
 
 def register_configs() -> None:

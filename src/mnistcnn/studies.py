@@ -1,11 +1,13 @@
-"""`studies`: run the study presets as `train -m +experiment=NAME` does, then the book.
+"""`studies`: run each study as `train -m +experiment=NAME` does, then the book.
 
-Each study is its own `train -m` process with its sweep folder DIR/NAME/, so the study is
+A study is a preset name or the path of a person's own study file (study_files.py). Each
+study is its own `train -m` process with its sweep folder DIR/NAME/, so the study is
 exactly what the preset's own command runs (and its comparison, resume and failure
 handling are the sweep's); its console output goes to DIR/NAME.log. While it runs, the
 finished runs are counted from the job folders' summary.json files and a progress line
 goes to stderr. A failed study never stops the book; the command exits 1 at the end
-when any run did not complete.
+when any run did not complete. --dry-run plans, --book-only writes the book of finished
+folders, --publish copies what a reader needs to rebuild it (publish.py); none trains.
 """
 
 from __future__ import annotations
@@ -18,30 +20,38 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from mnistcnn import book, files
+from mnistcnn import book, files, publish, study_files
 from mnistcnn.cli import precheck, sweep_jobs
 from mnistcnn.errors import UserError
+from mnistcnn.study_files import StudyFile
 
 FAILED_EXIT = 1  # as a sweep with failed jobs (sweep.FAILED_JOBS_EXIT)
 POLL_S = 2.0  # how often a running study's folder is counted for the progress line
 ENDED = ("completed", "failed", "diverged", "interrupted")  # a summary.json status: not running
+# Overrides that make runs shorter than their study's protocol: the book then says so.
+SHORTENING = ("trainer.epochs", "data.limit", "trainer.early_stop")
+STUDY_FILES = "study_files"  # DIR/study_files/experiment/NAME.yaml: people's study files
 
 
 def parse(args: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m mnistcnn studies",
-        description="Run the study presets (all eight by default) at their full protocol "
-                    "and seeds and write the book of findings, DIR/STUDIES.md and "
-                    "DIR/studies.html. KEY=VALUE overrides go to every run.")
-    parser.add_argument("items", nargs="*", metavar="NAME|KEY=VALUE",
-                        help=f"studies ({', '.join(book.QUESTIONS)}) and overrides")
+        description="Run studies (the study presets, all by default, or study files) at "
+                    "their full protocol and seeds and write the book that answers their "
+                    "questions, DIR/STUDIES.md and DIR/studies.html. KEY=VALUE overrides go "
+                    "to every run. How to write a study file: docs/studies-guide.md.")
+    parser.add_argument("items", nargs="*", metavar="NAME|PATH|KEY=VALUE",
+                        help=f"study presets ({', '.join(study_files.preset_names())}), "
+                             f"paths of study files, and overrides")
     parser.add_argument("--quick", action="store_true",
                         help="smoke size of each preset (quick=on: 1 seed, 1 epoch, 1,000 "
-                             "training images)")
+                             "training images); the book then says it holds no findings")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="runs at once, as separate processes (hydra/launcher=joblib)")
     parser.add_argument("--out", metavar="DIR",
@@ -51,17 +61,22 @@ def parse(args: list[str]) -> argparse.Namespace:
                         help="continue the book in --out DIR: completed runs are kept")
     parser.add_argument("--reports", action="store_true",
                         help="also write every run's report.html and plots (off by default)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print every study's arms x seeds, the runs already complete in "
+                             "--out DIR and a time estimate from them; nothing runs")
+    parser.add_argument("--book-only", action="store_true",
+                        help="write the book of --out DIR from its study folders; nothing runs")
+    parser.add_argument("--publish", metavar="DEST",
+                        help="after the book, copy its runs' small files (configs, metrics, "
+                             "summaries, per-class CSVs; no checkpoints) to DEST and write the "
+                             "book there from them alone")
     return parser.parse_intermixed_args(args)
 
 
-def check(opts: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """(study names, overrides); a mistake is a UserError before anything runs."""
+def check(opts: argparse.Namespace) -> tuple[list[StudyFile], list[str]]:
+    """(studies, overrides); a mistake is a UserError before anything runs."""
     names = [i for i in opts.items if "=" not in i]
     overrides = [i for i in opts.items if "=" in i]
-    unknown = [n for n in names if n not in book.QUESTIONS]
-    if unknown:
-        raise UserError(f"unknown study {', '.join(unknown)}; choose from "
-                        f"{', '.join(book.QUESTIONS)} (or none for all eight)")
     if opts.jobs < 1:
         raise UserError(f"--jobs {opts.jobs}: must be >= 1")
     if opts.jobs > 1 and importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
@@ -69,7 +84,15 @@ def check(opts: argparse.Namespace) -> tuple[list[str], list[str]]:
                         "pip install -e \".[sweep]\" (or pip install hydra-joblib-launcher)")
     if opts.resume and not opts.out:
         raise UserError("--resume continues a book: name its folder with --out DIR")
-    return list(dict.fromkeys(names)) or list(book.QUESTIONS), overrides
+    if opts.book_only and not opts.out:
+        raise UserError("--book-only writes the book of finished study folders: name their "
+                        "book folder with --out DIR")
+    if opts.book_only and opts.dry_run:
+        raise UserError("--book-only and --dry-run: choose one (neither runs anything)")
+    if opts.book_only:  # the folders are what counts; a study file need not be at hand
+        return [StudyFile(Path(n).stem if study_files.is_path(n) else n, Path(n), preset=False)
+                for n in dict.fromkeys(names)], overrides
+    return study_files.resolve(names), overrides
 
 
 def study_overrides(name: str, out: Path, opts: argparse.Namespace,
@@ -161,27 +184,95 @@ def machine() -> str:
         models = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
                   if ln.startswith("model name")]
         cpu = models[0] if models else cpu
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {platform.system()}"
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def book_args(studies: Sequence[StudyFile], out: Path, opts: argparse.Namespace,
+              overrides: list[str], search_root: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """(each study's `train -m` overrides, the search path override), people's study files
+    copied where Hydra finds them (search_root)."""
+    search = study_files.search_overrides(studies, search_root)
+    return ({s.name: study_overrides(s.name, out, opts, [*search, *overrides])
+             for s in studies}, search)
+
+
+def estimate_text(pending: int, seconds: float, timed: int) -> str:
+    """How long the pending runs take, as far as finished runs of the same arm tell."""
+    if pending == 0:
+        return ""
+    if timed == 0:
+        return "no estimate"
+    rest = f", no estimate for {pending - timed} more" if pending > timed else ""
+    return f"~{book.duration(seconds)} for {timed} of them from finished runs of the same arm{rest}"
+
+
+def dry_run(per_study: dict[str, list[str]], out: Path, resuming: bool) -> None:
+    """The plan of the book on stdout; nothing runs and nothing is written."""
+    plans = [study_files.plan(name, args, out / name if resuming else None)
+             for name, args in per_study.items()]
+    for p in plans:
+        line = f"{p.name}: {p.arms} arm(s) x {p.seeds} seed(s) = {p.runs} runs"
+        if resuming:
+            line += f"; {p.complete} complete in {out / p.name}, {p.pending} to run"
+        estimate = estimate_text(p.pending, p.estimate_s, p.estimated)
+        print(line + (f"; {estimate}" if estimate else ""))
+    pending = sum(p.pending for p in plans)
+    estimate = estimate_text(pending, sum(p.estimate_s for p in plans),
+                             sum(p.estimated for p in plans))
+    print(f"in all: {sum(p.runs for p in plans)} runs, {pending} to run"
+          + (f"; {estimate}" if estimate else "") + "; nothing was run")
+
+
+def book_names(out: Path, studies: Sequence[StudyFile], record: dict) -> list[str]:
+    """The studies of the book: those named, else those book.json records (with their
+    questions, or with a wall time from an earlier version), else every folder of DIR
+    that holds runs."""
+    if studies:
+        return [s.name for s in studies]
+    recorded = list(dict.fromkeys([*record.get("studies", {}), *record.get("wall_s", {})]))
+    return recorded or sorted(p.name for p in out.iterdir()
+                              if p.is_dir() and any(p.glob("*/.hydra/config.yaml")))
+
+
+def write_book(out: Path, names: Sequence[str], opts: argparse.Namespace) -> book.Book:
+    t_book = time.monotonic()
+    written = book.write(out, names)
+    print(f"book -> {out / 'STUDIES.md'} ({out / 'studies.html'}) after "
+          f"{book.duration(time.monotonic() - t_book)}", file=sys.stderr)
+    if opts.publish:
+        published = publish.publish(out, names, Path(opts.publish))
+        print(f"published -> {published}", file=sys.stderr)
+    return written
 
 
 def run_studies(args: list[str]) -> None:
     opts = parse(args)
-    names, overrides = check(opts)
+    studies, overrides = check(opts)
     out = Path(opts.out or Path("outputs/studies") / datetime.now().strftime(
         "%Y-%m-%d_%H-%M-%S"))
-    if opts.resume and not out.is_dir():
-        raise UserError(f"--resume: {out} does not exist; pass the --out DIR of the book "
-                        f"to continue")
-    started = [n for n in names if (out / n).is_dir()]
-    if started and not opts.resume:
+    if (opts.resume or opts.book_only) and not out.is_dir():
+        raise UserError(f"{out} does not exist; pass the --out DIR of an existing book")
+    if opts.book_only:
+        record_path = out / book.BOOK_FILE
+        record = files.read_json(record_path) if record_path.is_file() else {}
+        write_book(out, book_names(out, studies, record), opts)
+        return
+    started = [s.name for s in studies if (out / s.name).is_dir()]
+    if started and not opts.resume and not opts.dry_run:
         raise UserError(f"{out} already holds {', '.join(started)}; add --resume to continue "
                         f"that book, or choose another --out DIR")
-    per_study = {n: study_overrides(n, out, opts, overrides) for n in names}
-    totals = {}
-    for name, study_args in per_study.items():
-        precheck(study_args, multirun=True)  # a typo costs nothing: no folder, no run
-        jobs = sweep_jobs(study_args)
-        totals[name] = sum(1 for _ in jobs) if jobs is not None else 0  # 0: not listable
+    with tempfile.TemporaryDirectory() as scratch:
+        per_study, search = book_args(studies, out, opts, overrides, Path(scratch))
+        blocks = {s.name: study_files.check_questions(s, search) for s in studies}
+        if opts.dry_run:  # composing the plan checks the keys; models are built by the runs
+            dry_run(per_study, out, resuming=out.is_dir())
+            return
+        totals = {}
+        for name, study_args in per_study.items():
+            precheck(study_args, multirun=True)  # a typo costs nothing: no folder, no run
+            jobs = sweep_jobs(study_args)
+            totals[name] = sum(1 for _ in jobs) if jobs is not None else 0  # 0: not listable
+    per_study, _ = book_args(studies, out, opts, overrides, out / STUDY_FILES)
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / book.BOOK_FILE
     record = files.read_json(record_path) if record_path.is_file() else {}
@@ -189,20 +280,24 @@ def run_studies(args: list[str]) -> None:
     record["machine"] = machine()
     record["commands"] = [*record.get("commands", []),
                           shlex.join(["python", "-m", "mnistcnn", "studies", *args])]
+    # The questions of each study, for its section before its runs exist; and the order.
+    record["studies"] = {**record.get("studies", {}), **blocks}
+    shortening = [o for o in overrides if o.lstrip("+~").startswith(SHORTENING)]
+    if opts.quick or shortening:
+        record["shortened"] = book.QUICK if opts.quick else " ".join(shortening)
     files.write_json(record_path, record)
 
     # A resumed book reruns every run that did not complete; those that did are done.
     now = time.time()
-    done = {n: count_ended(out / n, since=now) for n in names}  # the completed ones
+    done = {n: count_ended(out / n, since=now) for n in per_study}  # the completed ones
     total = sum(totals.values())
     progress = Progress(total, sum(done.values()))
-    print(f"{len(names)} studies, {total} runs -> {out}/", file=sys.stderr, flush=True)
+    print(f"{len(per_study)} studies, {total} runs -> {out}/", file=sys.stderr, flush=True)
     failed_studies = []
-    t_book = time.monotonic()
     resume_hint = shlex.join(["python", "-m", "mnistcnn", "studies",
                               *(a for a in args if a != "--resume"),
                               *([] if opts.out else ["--out", str(out)]), "--resume"])
-    for name in names:
+    for name in per_study:
         t0, started_at = time.monotonic(), time.time()
         elsewhere = sum(done.values()) - done[name]
         code, signum = run_study(per_study[name], out / f"{name}.log", out / name, progress,
@@ -219,10 +314,7 @@ def run_studies(args: list[str]) -> None:
             failed_studies.append(name)
             print(f"study {name} exited with {code}; see {out / name}.log", file=sys.stderr,
                   flush=True)
-    written = book.write(out, [n for n in book.QUESTIONS if n in names
-                               or n in record["wall_s"]])
-    print(f"book -> {out / 'STUDIES.md'} ({out / 'studies.html'}) after "
-          f"{book.duration(time.monotonic() - t_book)}", file=sys.stderr)
+    written = write_book(out, book_names(out, [], record), opts)
     if written.failed or failed_studies:
         print(f"error: {len(written.failed)} run(s) did not complete"
               + (f"; studies with errors: {', '.join(failed_studies)}" if failed_studies else "")

@@ -1,0 +1,64 @@
+"""What a publisher copies: a book's small files, enough to rebuild it and check its numbers.
+
+For every run of the book's studies: the resolved config (.hydra/config.yaml), the config
+group choices Hydra recorded for the job (hydra.yaml reduced to hydra.runtime.choices: the
+variant and quick choices live there; the rest of it holds this machine's paths),
+metrics.jsonl, summary.json without the host name, and the per-class report
+(classification.csv); and the book's own book.json. No checkpoints, predictions or plots:
+a few kilobytes a run. The book is then written in the destination from those files
+alone, so what is published is proven to rebuild.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from mnistcnn import book, compare, files
+
+COPIED = (".hydra/config.yaml", "metrics.jsonl", "classification.csv")
+HYDRA_RECORD = Path(".hydra") / "hydra.yaml"
+PRIVATE = ("host",)  # summary.json keys that name the machine, not the run
+
+
+def copy_run(run: Path, target: Path) -> None:
+    for name in COPIED:
+        if (run / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run / name, target / name)
+    if (run / "summary.json").is_file():
+        summary = files.read_json(run / "summary.json")
+        files.write_json(target / "summary.json",
+                         {k: v for k, v in summary.items() if k not in PRIVATE})
+    if (run / HYDRA_RECORD).is_file():
+        choices = OmegaConf.load(run / HYDRA_RECORD).hydra.runtime.get("choices", {})
+        record = {"hydra": {"runtime": {"choices": OmegaConf.to_container(choices)}}}
+        (target / HYDRA_RECORD).parent.mkdir(parents=True, exist_ok=True)
+        files.write_text(target / HYDRA_RECORD, OmegaConf.to_yaml(record))
+
+
+def copy_small_files(book_dir: Path, names: Sequence[str], dest: Path) -> int:
+    """Every run's small files from book_dir/NAME/ to dest/NAME/ (same relative paths);
+    returns how many runs were copied."""
+    copied = 0
+    for name in names:
+        if (book_dir / name).is_dir():
+            for run in compare.find_runs([book_dir / name]):
+                copy_run(run, dest / run.relative_to(book_dir))
+                copied += 1
+    return copied
+
+
+def publish(book_dir: Path, names: Sequence[str], dest: Path) -> Path:
+    """The small files and book.json to dest, then STUDIES.md (with its figures) written
+    there from them; returns the path of that STUDIES.md."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copy_small_files(book_dir, names, dest)
+    if (book_dir / book.BOOK_FILE).is_file():
+        shutil.copyfile(book_dir / book.BOOK_FILE, dest / book.BOOK_FILE)
+    # Markdown and PNGs only: the HTML page embeds the same figures again (megabytes).
+    files.write_text(dest / "STUDIES.md", book.to_markdown(book.load(dest, names)))
+    return dest / "STUDIES.md"
