@@ -10,6 +10,7 @@ import yaml
 
 from mnistcnn import compare
 from mnistcnn.errors import UserError
+from mnistcnn.metrics import pooled
 
 BASE = {"model": {"name": "classic", "hidden": 50, "pool": "max", "dropout": 0.5},
         "data": {"name": "mnist", "dir": None, "classes": None, "augment": {"rotation": 0.0}},
@@ -65,10 +66,10 @@ def test_keys_that_do_not_change_the_experiment_do_not_split_rows(tmp_path):
 
 
 def test_mean_and_sample_std():
-    stat = compare.mean_std([0.97, 0.98, 0.99])
+    stat = pooled([0.97, 0.98, 0.99])
     assert stat.mean == pytest.approx(0.98) and stat.std == pytest.approx(0.01) and stat.n == 3
-    assert compare.mean_std([0.5]).std is None  # one run: no spread to show
-    assert compare.mean_std([]) is None
+    assert pooled([0.5]).std is None  # one run: no spread to show
+    assert pooled([]) is None
 
 
 def test_seeds_pool_into_one_row_with_mean_std_and_n(tmp_path):

@@ -21,9 +21,10 @@ from pathlib import Path
 from scipy import stats
 
 from mnistcnn import compare, files, pages
-from mnistcnn.compare import Comparison, Row, Stat
+from mnistcnn.compare import Comparison, Row
 from mnistcnn.errors import UserError
-from mnistcnn.pages import ABSENT, esc, md_table
+from mnistcnn.metrics import Stat, pooled
+from mnistcnn.pages import ABSENT, Block, Heading, Paragraph, Section, Table, mean_std
 
 # The study presets in conf/experiment/ (all but speedrun, which is a benchmark) in the
 # order of the studies they reproduce, with the question each one asks.
@@ -99,17 +100,17 @@ def finding(rows: Sequence[Row]) -> tuple[str, str]:
     if not ranked:
         return "No run completed: no answer.", ABSENT
     best, a = ranked[0]
-    winner = f"{compare.fmt(a, 'acc')}% (n = {a.n})"
+    winner = f"{mean_std(a, 'acc')}% (n = {a.n})"
     if len(ranked) < 2:
         return f"Only {best.label} completed: nothing to compare it with.", winner
     second, b = ranked[1]
     gap = 100 * (a.mean - b.mean)
     if f"{gap:.2f}" == "0.00":
-        head = (f"{best.label} and {second.label} tie at {compare.fmt(a, 'acc')}% and "
-                f"{compare.fmt(b, 'acc')}% test accuracy")
+        head = (f"{best.label} and {second.label} tie at {mean_std(a, 'acc')}% and "
+                f"{mean_std(b, 'acc')}% test accuracy")
     else:
         head = (f"{best.label} wins, {gap:.2f} points of test accuracy ahead of "
-                f"{second.label} ({compare.fmt(a, 'acc')}% vs {compare.fmt(b, 'acc')}%)")
+                f"{second.label} ({mean_std(a, 'acc')}% vs {mean_std(b, 'acc')}%)")
     if class_count(best) != class_count(second):
         head += (f" (over {class_count(best)} and {class_count(second)} classes: not the same "
                  f"task)")
@@ -196,7 +197,7 @@ def class_recall(row: Row) -> tuple[tuple[str, ...], dict[str, Stat]]:
         for r in lines:
             if r["recall"] != "nan":
                 values.setdefault(r["class"], []).append(float(r["recall"]))
-    return names, {c: compare.mean_std(v) for c, v in values.items()}
+    return names, {c: pooled(v) for c, v in values.items()}
 
 
 def per_class_tables(comp: Comparison) -> tuple[list[tuple[list[str], list[list[str]]]], str]:
@@ -209,7 +210,7 @@ def per_class_tables(comp: Comparison) -> tuple[list[tuple[list[str], list[list[
             if names:
                 groups.setdefault(names, []).append((row, recall))
     tables = [(["class", *(row.label for row, _ in arms)],
-               [[c, *(compare.fmt(recall.get(c), "acc") for _, recall in arms)] for c in names])
+               [[c, *(mean_std(recall.get(c), "acc") for _, recall in arms)] for c in names])
               for names, arms in groups.items()]
     note = ""
     if len(groups) > 1:
@@ -283,51 +284,34 @@ def duration(seconds: float) -> str:
     return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def to_markdown(book: Book) -> str:
-    parts = ["# Studies", "## Findings", md_table(*findings_table(book))]
-    for s in book.studies:
-        parts += [f"## {s.name}", f"**{s.question}**"]
-        if s.comparison is None:
-            parts.append(f"Not run yet: no run folders in `{s.name}/`.")
-            continue
-        parts.append(md_table(["protocol", ""], protocol(s.comparison)))
-        parts.append(compare.markdown_section(s.comparison, book.out_dir, level=3,
-                                              image_dir=f"{s.name}/", per_epoch=False,
-                                              more_notes=best_two_test(s.comparison)))
-        tables, note = per_class_tables(s.comparison)
-        if tables:
-            parts.append("### Per-class test recall (%)")
-            parts += [md_table(*t) for t in tables] + ([note] if note else [])
-    parts += ["## Machine and time", md_table(["", ""], machine_rows(book))]
-    return "\n\n".join(parts) + "\n"
+def document(book: Book) -> list[Block]:
+    """STUDIES.md and studies.html: the findings, a section per study, the machine."""
+    return [Heading("Studies"),
+            Section("Findings", [Table(*findings_table(book), style="text")]),
+            *(Section(s.name, study_blocks(book, s), anchor=s.name) for s in book.studies),
+            Section("Machine and time", [Table(["", ""], machine_rows(book), style="text")])]
 
 
-def to_html(book: Book) -> str:
-    body = ["<h1>Studies</h1>",
-            pages.section("Findings", pages.html_table(*findings_table(book), css_class="text"))]
-    for s in book.studies:
-        parts = [f"<p><b>{esc(s.question)}</b></p>"]
-        if s.comparison is None:
-            parts.append(f"<p>Not run yet: no run folders in {esc(s.name)}/.</p>")
-        else:
-            parts += [pages.html_table(["protocol", ""], protocol(s.comparison), css_class="text"),
-                      compare.html_section(s.comparison, book.out_dir, s.images, level=3,
-                                           per_epoch=False,
-                                           more_notes=best_two_test(s.comparison))]
-            tables, note = per_class_tables(s.comparison)
-            parts.append(pages.section("Per-class test recall (%)", "".join(
-                pages.html_table(*t) for t in tables) + (f"<p>{esc(note)}</p>" if note else ""),
-                level=3))
-        body.append(f'<section id="{esc(s.name)}">{pages.section(s.name, "".join(parts))}'
-                    f"</section>")
-    body.append(pages.section("Machine and time", pages.html_table(["", ""], machine_rows(book),
-                                                                   css_class="text")))
-    return pages.page("Studies", "\n".join(body))
+def study_blocks(book: Book, s: Study) -> list[Block]:
+    """A study's question, protocol, comparison (without per-epoch tables, with the test of
+    the best two arms) and per-class recall."""
+    out: list[Block] = [Paragraph(f"**{s.question}**")]
+    if s.comparison is None:
+        return [*out, Paragraph(f"Not run yet: no run folders in `{s.name}/`.")]
+    out.append(Table(["protocol", ""], protocol(s.comparison), style="text"))
+    out += compare.blocks(s.comparison, book.out_dir, s.images, level=3,
+                          image_dir=f"{s.name}/", per_epoch=False,
+                          more_notes=best_two_test(s.comparison))
+    tables, note = per_class_tables(s.comparison)
+    out.append(Section("Per-class test recall (%)",
+                       [*(Table(*t) for t in tables), Paragraph(note)], level=3))
+    return out
 
 
 def write(out_dir: str | Path, names: Sequence[str]) -> Book:
     """STUDIES.md and studies.html into out_dir from its study folders; returns the book."""
     book = load(out_dir, names)
-    files.write_text(book.out_dir / "STUDIES.md", to_markdown(book))
-    files.write_text(book.out_dir / "studies.html", to_html(book))
+    doc = document(book)
+    files.write_text(book.out_dir / "STUDIES.md", pages.markdown(doc) + "\n")
+    files.write_text(book.out_dir / "studies.html", pages.page("Studies", doc))
     return book
