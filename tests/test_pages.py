@@ -60,7 +60,7 @@ def test_figures_link_in_markdown_and_embed_in_html(tmp_path):
     assert row.markdown() == ("![the figure](study/f.png)\n\n"
                               "plots/g.png skipped: no <conv>.")
     html = row.html()
-    assert html.startswith('<div class="figs"><figure id="f"')
+    assert html.startswith('<div class="figs"><figure id="study/f"')
     assert base64.b64encode(png).decode() in html and "<figcaption>study/f.png</figcaption>" in html
     assert f"max-width: {3 * plots.DPI}px" in html  # never drawn wider than the PNG
     assert '<p class="note">plots/g.png skipped: no &lt;conv&gt;.</p>' in html
