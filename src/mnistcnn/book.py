@@ -1,11 +1,12 @@
 """The studies book: the sweep folders of the study presets -> STUDIES.md and studies.html.
 
-It sits beside compare.py and is composed of its sections: each study is a comparison
+It sits beside compare.py and is composed of its blocks: each study is a comparison
 (compare.build over the study's sweep folder) with the question it answers, its protocol
 as the runs' own configs record it, a two-sample test between the best two arms and the
 per-class recall of every arm. Every number comes from the run folders and from
 book.json (the wall times and the command that `studies` records), so the book can be
-rebuilt at any time from DIR alone.
+rebuilt at any time from DIR alone. The book is one list of pages.py blocks
+(`document`), rendered to both files.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ is written by the multirun callback in sweep.py.
 Rows are configurations, not runs: runs whose resolved configs differ only in
 `seed` are pooled, and each number is shown as mean ± sample standard deviation
 over those runs, so a reader sees the seed-to-seed spread beside every gap.
-The columns are the config keys that differ between the runs.
+The columns are the config keys that differ between the runs. The document is one
+list of pages.py blocks (`blocks`), rendered to comparison.md and comparison.html and
+taken into the studies book; its figures are drawn by plots.py.
 """
 
 from __future__ import annotations

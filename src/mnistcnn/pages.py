@@ -251,8 +251,10 @@ def html(blocks: Sequence[Block]) -> str:
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; color: #222; max-width: 1320px; margin: 0 auto;
        padding: 16px 24px 48px; }
-h1 { font-size: 24px; margin: 8px 0 2px; overflow-wrap: anywhere; } h2 { font-size: 19px; margin: 34px 0 10px;
-     border-bottom: 1px solid #ddd; padding-bottom: 4px; } h3 { font-size: 16px; }
+/* A run folder's name is one long word: it wraps rather than runs off the page. */
+h1 { font-size: 24px; margin: 8px 0 2px; overflow-wrap: anywhere; }
+h2 { font-size: 19px; margin: 34px 0 10px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+h3 { font-size: 16px; }
 .label { color: #555; margin: 0 0 14px; }
 .note { padding: 8px 12px; margin: 6px 0; border-radius: 4px; background: #f3f3f3; }
 .note.warn { background: #fde8e8; border-left: 4px solid #c62828; }
