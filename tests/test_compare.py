@@ -10,7 +10,6 @@ import yaml
 
 from mnistcnn import compare
 from mnistcnn.errors import UserError
-from mnistcnn.metrics import pooled
 
 BASE = {"model": {"name": "classic", "hidden": 50, "pool": "max", "dropout": 0.5},
         "data": {"name": "mnist", "dir": None, "classes": None, "augment": {"rotation": 0.0}},
@@ -63,13 +62,6 @@ def test_keys_that_do_not_change_the_experiment_do_not_split_rows(tmp_path):
     comp = build(tmp_path, [(config(0, **{"data.dir": "/a"}), 0.97),
                             (config(1, **{"data.dir": "/b"}), 0.99)])
     assert comp.columns == [] and len(comp.rows) == 1 and comp.rows[0].label == "all runs"
-
-
-def test_mean_and_sample_std():
-    stat = pooled([0.97, 0.98, 0.99])
-    assert stat.mean == pytest.approx(0.98) and stat.std == pytest.approx(0.01) and stat.n == 3
-    assert pooled([0.5]).std is None  # one run: no spread to show
-    assert pooled([]) is None
 
 
 def test_seeds_pool_into_one_row_with_mean_std_and_n(tmp_path):

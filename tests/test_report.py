@@ -17,7 +17,7 @@ from PIL import Image
 from sklearn.metrics import classification_report
 
 from mnistcnn import files, models, plots, probes, report
-from mnistcnn.cli import compose_config
+from mnistcnn.cli import compose_config, precheck
 from mnistcnn.config import REPORT_PLOTS, report_settings, saved_config, validate
 from mnistcnn.data import LABEL_MAGIC, Data, Split, read_idx
 from mnistcnn.engine import predict
@@ -358,6 +358,9 @@ def test_plots_subset_draws_only_those(tmp_path):
 def test_unknown_plot_names_are_rejected_before_training():
     with pytest.raises(UserError, match="unknown plot curves; choose from loss"):
         validate(compose_config(["report.plots=[loss,curves]"]))
+    # The command line's pre-check runs validate: no run folder is made for a bad setting.
+    with pytest.raises(UserError, match="report.tsne_samples=0 is out of range: must be >= 1"):
+        precheck(["report.tsne_samples=0"], multirun=False)
 
 
 def test_run_label_names_the_model_knobs_that_differ_from_defaults():
