@@ -8,8 +8,7 @@ blocks)` wraps the HTML in one file (style inline, figures embedded as base64 PN
 nothing fetched). Prose is written once, in Markdown's inline syntax: `code` and
 **bold** spans become <code> and <b> in HTML. Numbers are formatted the one way each
 kind is shown (KINDS): accuracies as percents with two decimals, losses with four, times
-with one; a mean over seeds with its ± std. Figures are matplotlib Figures on the Agg
-canvas (no display, no pyplot registry growing over a sweep) rendered at DPI.
+with one; a mean over seeds with its ± std. Figures arrive as PNG bytes drawn by plots.py.
 """
 
 from __future__ import annotations
