@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mnistcnn.pages import amount, pct
+
 MODELS = ["classic", "tiny", "conv5x5", "keras", "mobilenet"]
 SIDES = ["textbook", "lightning", "mnistcnn"]
 ACCURACY_TOLERANCE = 0.003  # a speed-up counts when mean test accuracies agree this closely
@@ -239,10 +241,6 @@ WORKERS = {"textbook": textbook, "lightning": lightning_side, "mnistcnn": mnistc
 
 
 # ----------------------------------------------------------------------------- summaries
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def time_to_target(run: dict, target: float) -> float | None:
     """Training seconds until the first epoch whose test accuracy reaches the target."""
     elapsed = 0.0
@@ -260,11 +258,12 @@ def summarize(runs: list[dict], target: float) -> dict:
     first = [r["epoch_s"][0] for r in runs]
     steady = [statistics.fmean(r["epoch_s"][1:]) for r in runs if len(r["epoch_s"]) > 1]
     reached = [time_to_target(r, target) for r in runs]
-    acc = mean_std([r["test_acc"][-1] for r in runs])
+    accs = [r["test_acc"][-1] for r in runs]
     summary = {"images": images, "params": runs[0]["params"], "seeds": len(runs),
-               "first_epoch_s": mean_std(first)[0],
-               "steady_epoch_s": mean_std(steady)[0] if steady else None,
-               "test_acc": acc[0], "test_acc_std": acc[1],
+               "first_epoch_s": statistics.fmean(first),
+               "steady_epoch_s": statistics.fmean(steady) if steady else None,
+               "test_acc": statistics.fmean(accs),
+               "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                # None unless every seed reached the target: a mean over some seeds flatters
                "time_to_target_s": (statistics.fmean(reached)
                                     if all(t is not None for t in reached) else None),
@@ -361,9 +360,9 @@ def markdown(results: list[dict], info: dict, command: str, settings: dict) -> s
     for r in results:
         for side in sides:
             s = r[side]
-            acc = f"{100 * s['test_acc']:.2f}%"
+            acc = pct(s["test_acc"])
             if s["seeds"] > 1:
-                acc += f" ± {100 * s['test_acc_std']:.2f}"
+                acc += f" ± {amount(s['test_acc_std'], 'acc')}"
             mem = f"{s['peak_rss_mb']:.0f}"
             if "peak_cuda_mb" in s:
                 mem += f" (CUDA {s['peak_cuda_mb']:.0f})"
@@ -430,7 +429,7 @@ def main() -> None:
             r = bench_model(model, sides, args, scratch, turn)
             results.append(r)
             print(f"{model}: " + ", ".join(
-                f"{s} {r[s]['images_per_s']:,.0f} img/s ({100 * r[s]['test_acc']:.2f}%)"
+                f"{s} {r[s]['images_per_s']:,.0f} img/s ({pct(r[s]['test_acc'])})"
                 for s in sides) + "; mnistcnn " + ", ".join(
                 f"{v['speedup']:.2f}x vs {o}" for o, v in r["vs"].items()), flush=True)
     settings = {k: getattr(args, k) for k in ("epochs", "seeds", "target", "limit",

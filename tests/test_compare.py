@@ -64,13 +64,6 @@ def test_keys_that_do_not_change_the_experiment_do_not_split_rows(tmp_path):
     assert comp.columns == [] and len(comp.rows) == 1 and comp.rows[0].label == "all runs"
 
 
-def test_mean_and_sample_std():
-    stat = compare.mean_std([0.97, 0.98, 0.99])
-    assert stat.mean == pytest.approx(0.98) and stat.std == pytest.approx(0.01) and stat.n == 3
-    assert compare.mean_std([0.5]).std is None  # one run: no spread to show
-    assert compare.mean_std([]) is None
-
-
 def test_seeds_pool_into_one_row_with_mean_std_and_n(tmp_path):
     comp = build(tmp_path, [(config(0), 0.97), (config(1), 0.99),
                             (config(0, **{"model.hidden": 25}), 0.95),

@@ -1,4 +1,5 @@
-"""metrics.py on small hand-made predictions: orientation, scikit-learn agreement, edge cases."""
+"""metrics.py on small hand-made predictions: orientation, scikit-learn agreement, edge cases;
+values pooled over seeds."""
 
 from __future__ import annotations
 
@@ -79,3 +80,11 @@ def test_a_single_class_test_set_scores_that_class_alone():
     assert keys["test/macro_recall"] == pytest.approx(0.8)  # absent classes do not count
     assert keys["test/worst_class"] == "c"
     assert metrics.absent(cm, NAMES) == ["a", "b", "d"]
+
+
+def test_values_pool_into_mean_and_sample_std():
+    stat = metrics.pooled([0.97, 0.98, 0.99])
+    assert stat.mean == pytest.approx(0.98) and stat.std == pytest.approx(0.01) and stat.n == 3
+    assert stat.values == [0.97, 0.98, 0.99]
+    assert metrics.pooled([0.5]).std is None  # one run: no spread to show
+    assert metrics.pooled([]) is None

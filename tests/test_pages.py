@@ -1,21 +1,25 @@
-"""The one writer of tables, pages and figures (pages.py), used by report, compare and book."""
+"""The one writer of documents (pages.py): numbers, tables, and blocks that render the same
+content to Markdown and to HTML, used by report, compare and book."""
 
 from __future__ import annotations
 
 import base64
 import math
 
-from mnistcnn import pages
+from mnistcnn import pages, plots
+from mnistcnn.metrics import pooled
 
 
 def test_numbers_are_formatted_one_way():
-    assert pages.pct(0.99123) == "99.12%"
+    assert pages.pct(0.99123) == "99.12%" and pages.pct(0.99123, 1) == "99.1%"
     assert pages.pct(None) == pages.pct(math.nan) == pages.ABSENT
     assert pages.number(0.0123456) == "0.01235" and pages.number(None) == pages.ABSENT
-    assert pages.mean_std(0.975, 0.00707, "acc") == "97.50 ± 0.71"
-    assert pages.mean_std(0.5, None, "loss") == "0.5000"
-    assert pages.mean_std(12.345, 1.01, "time") == "12.3 ± 1.0"
-    assert pages.mean_std(None, None, "acc") == pages.ABSENT
+    assert pages.amount(0.975, "acc") == "97.50" and pages.amount(0.5, "loss") == "0.5000"
+    assert pages.amount(None, "time") == pages.ABSENT
+    assert pages.mean_std(pooled([0.98, 0.97]), "acc") == "97.50 ± 0.71"
+    assert pages.mean_std(pooled([0.5]), "loss") == "0.5000"
+    assert pages.mean_std(pooled([11.6, 13.0]), "time") == "12.3 ± 1.0"
+    assert pages.mean_std(None, "acc") == pages.ABSENT
 
 
 def test_tables_escape_their_cells():
@@ -28,19 +32,45 @@ def test_tables_escape_their_cells():
         '<table class="text">')
 
 
-def test_figures_are_saved_and_embedded_as_the_same_png(tmp_path):
-    fig = pages.new_figure(3.0, 2.0)
+def test_one_list_of_blocks_renders_to_markdown_and_html():
+    blocks = [pages.Heading("Title <1>"),
+              pages.Paragraph("Keys that differ: `model.pool`; **why?**"),
+              pages.Bullets(["a note", "another"]), pages.Bullets([]),
+              pages.Section("Runs", [pages.Table(["run", "acc"], [["0_job", "98.00"]])], 3),
+              pages.Section("Empty", [pages.Paragraph("")]),
+              pages.Code("a: 1\n")]
+    assert pages.markdown(blocks).split("\n\n") == [
+        "# Title <1>", "Keys that differ: `model.pool`; **why?**", "- a note\n- another",
+        "### Runs", "| run | acc |\n| --- | --- |\n| 0_job | 98.00 |", "```\na: 1\n```"]
+    html = pages.html(blocks)
+    assert html.startswith("<h1>Title &lt;1&gt;</h1>")
+    assert "<p>Keys that differ: <code>model.pool</code>; <b>why?</b></p>" in html
+    assert "<ul><li>a note</li><li>another</li></ul>" in html and html.count("<ul>") == 1
+    assert "<h3>Runs</h3>\n<table>" in html
+    assert "Empty" not in html and "Empty" not in pages.markdown(blocks)  # empty sections vanish
+    assert "<pre>a: 1\n</pre>" in html
+
+
+def test_figures_link_in_markdown_and_embed_in_html(tmp_path):
+    fig = plots.new_figure(3.0, 2.0)
     fig.add_subplot().plot([0, 1], [1, 0])
-    png = pages.save_png(tmp_path / "f.png", fig)
-    assert (tmp_path / "f.png").read_bytes() == png and png[:4] == b"\x89PNG"
-    assert pages.png_width(png) == 3 * pages.DPI  # no tight-bbox cropping
-    html = pages.embedded_figure(png, "f.png", "caption <x>")
-    assert base64.b64encode(png).decode() in html and "caption &lt;x&gt;" in html
-    assert f"max-width: {3 * pages.DPI}px" in html
+    png = plots.save_png(tmp_path / "f.png", fig)
+    row = pages.Figures([pages.Image("study/f.png", png, "the figure"),
+                         pages.Paragraph("plots/g.png skipped: no <conv>.", "note")])
+    assert row.markdown() == ("![the figure](study/f.png)\n\n"
+                              "plots/g.png skipped: no <conv>.")
+    html = row.html()
+    assert html.startswith('<div class="figs"><figure id="study/f"')
+    assert base64.b64encode(png).decode() in html and "<figcaption>study/f.png</figcaption>" in html
+    assert f"max-width: {3 * plots.DPI}px" in html  # never drawn wider than the PNG
+    assert '<p class="note">plots/g.png skipped: no &lt;conv&gt;.</p>' in html
+    assert pages.Figures([]).html() == ""
 
 
 def test_a_page_is_self_contained():
-    page = pages.page("T <1>", pages.section("Head", "<p>body</p>") + pages.section("E", ""))
+    page = pages.page("T <1>", [pages.Section("Head", [pages.Paragraph("body")], anchor="h"),
+                                pages.Cards([("test accuracy", "99.00%")])])
     assert page.startswith("<!DOCTYPE html>") and "<title>T &lt;1&gt;</title>" in page
-    assert "<h2>Head</h2>" in page and "<h2>E</h2>" not in page  # empty sections vanish
+    assert '<section id="h"><h2>Head</h2>\n<p>body</p></section>' in page
+    assert '<div class="card"><b>99.00%</b><span>test accuracy</span></div>' in page
     assert "<style>" in page and 'src="http' not in page and "<script" not in page

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistcnn import plots
+from mnistcnn import pages, plots
+from mnistcnn.metrics import pooled
 
 RNG = np.random.default_rng(0)
 NAMES = [str(d) for d in range(10)]
@@ -118,3 +119,38 @@ def test_long_titles_are_wrapped_to_the_figure():
     title = "conv5x5 " + " ".join(f"knob{i}=value" for i in range(20)) + "\nloss per epoch"
     fig = plots.curves(records(2), "loss", None, title)
     assert fig.get_suptitle().count("\n") >= 2
+
+
+def test_figures_are_saved_as_the_png_returned_at_their_declared_width(tmp_path):
+    fig = plots.new_figure(3.0, 2.0)
+    fig.add_subplot().plot([0, 1], [1, 0])
+    png = plots.save_png(tmp_path / "f.png", fig)
+    assert (tmp_path / "f.png").read_bytes() == png and png[:4] == b"\x89PNG"
+    assert pages.png_width(png) == 3 * plots.DPI  # no tight-bbox cropping
+
+
+def test_comparison_figures_draw_every_configuration_over_seeds():
+    a, b = pooled([0.97, 0.98]), pooled([0.96])
+    fig = plots.seed_curves([("training", [("x=1", [(1, a), (2, a)]), ("x=2", [(1, b)])]),
+                             ("validation", [("x=1", [(1, a)]), ("x=2", [])])],
+                            "acc", "Accuracy per epoch")
+    render(fig)
+    assert [ax.get_title() for ax in fig.axes] == ["training", "validation"]
+    assert fig.axes[0].get_ylabel() == "accuracy (%)"
+    fig = plots.accuracy_bars([("x=1", a), ("x=2", b)], "Test accuracy")
+    assert render(fig).size[0] == plots.BARS_WIDTH * plots.DPI
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    ticks = sorted(zip(ax.get_yticks(), labels, strict=True))
+    assert [label for _, label in ticks] == ["x=2\n96.00", "x=1\n97.50 ± 0.71"]  # first on top
+
+
+def test_the_prediction_sheet_captions_file_class_and_confidence():
+    images = RNG.integers(0, 255, size=(2, 28, 28), dtype=np.uint8)
+    rows = [{"file": "a/seven.png", "pred": "7", "confidence": 0.987},
+            {"file": "b/" + "x" * 30 + ".png", "pred": "1", "confidence": 0.5}]
+    fig = plots.prediction_sheet(images, rows, "outputs/runs/r")
+    render(fig)
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["seven.png\n7 99%",
+                                                       "x" * 17 + "…\n1 50%"]
+    assert "2 inputs as the model of outputs/runs/r saw them" in fig.get_suptitle()

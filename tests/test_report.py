@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_dataset, run_cli, synthetic_images, write_idx
-from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.metrics import classification_report
 
-from mnistcnn import files, models, plots, report
-from mnistcnn.cli import compose_config
-from mnistcnn.config import saved_config
+from mnistcnn import files, models, plots, probes, report
+from mnistcnn.cli import compose_config, precheck
+from mnistcnn.config import REPORT_PLOTS, report_settings, saved_config, validate
 from mnistcnn.data import LABEL_MAGIC, Data, Split, read_idx
 from mnistcnn.engine import predict
 from mnistcnn.errors import UserError
@@ -59,7 +58,7 @@ def read_csv(path) -> list[list[str]]:
 
 
 def test_the_readme_plots_are_the_ones_drawn():
-    assert list(report.FIGURES) == PLOTS
+    assert list(plots.FIGURES) == list(REPORT_PLOTS) == PLOTS
 
 
 def test_train_writes_every_report_file(trained):
@@ -225,16 +224,16 @@ def write(tmp_path, overrides, data=None, preds=None, val=True) -> tuple[dict, s
     return keys, page
 
 
-def view_of(overrides: list[str], data: Data | None = None) -> report.RunView:
+def view_of(overrides: list[str], data: Data | None = None) -> plots.RunView:
     data = data or synthetic_data()
     cfg = compose_config(overrides)
     model = models.build(cfg.model, data.num_classes)
     preds = predict(model, data.test, data, 1000).argmax(1).numpy()
     labels = data.test.labels.numpy()
-    return report.RunView(cfg=cfg, settings=report.report_settings(cfg),
-                          label=report.run_label(cfg), model=model, data=data, records=[],
-                          predictions=report.Predictions(labels, preds, np.ones(len(preds))),
-                          confusion=np.zeros((10, 10), int), rows=[], summary={})
+    return plots.RunView(cfg=cfg, settings=report_settings(cfg),
+                         label=report.run_label(cfg), model=model, data=data, records=[],
+                         predictions=plots.Predictions(labels, preds, np.ones(len(preds))),
+                         confusion=np.zeros((10, 10), int), rows=[], summary={})
 
 
 def png_size(fig) -> tuple[int, int]:
@@ -245,10 +244,10 @@ def png_size(fig) -> tuple[int, int]:
 @pytest.mark.parametrize("model", ["conv5x5", "keras", "classic", "tiny", "mobilenet"])
 def test_filters_and_feature_maps_of_every_model(model):
     view = view_of([f"model={model}"])
-    convs = report.conv_layers(view.model)
-    first = report.FIGURES["filters_first"](view)
-    last = report.FIGURES["filters_last"](view)
-    maps = report.FIGURES["feature_maps"](view)
+    convs = probes.conv_layers(view.model)
+    first = plots.FIGURES["filters_first"](view)
+    last = plots.FIGURES["filters_last"](view)
+    maps = plots.FIGURES["feature_maps"](view)
     assert png_size(first)[0] == png_size(last)[0] == plots.FILTER_WIDTH * plots.DPI
     assert png_size(maps)[0] == plots.FEATURE_WIDTH * plots.DPI
     assert convs[0][0] in first.get_suptitle()
@@ -263,13 +262,13 @@ def test_filters_and_feature_maps_of_every_model(model):
 
 
 def test_embedding_of_a_two_unit_bottleneck_is_drawn_raw():
-    fig = report.FIGURES["embedding"](view_of(["model=conv5x5", "model.features=2"]))
+    fig = plots.FIGURES["embedding"](view_of(["model=conv5x5", "model.features=2"]))
     assert "raw 2-D features" in fig.get_suptitle() and "head.bottleneck" in fig.get_suptitle()
     assert fig.axes[0].get_xlabel() == "feature 1"
 
 
 def test_embedding_of_a_wider_layer_uses_tsne():
-    fig = report.FIGURES["embedding"](view_of(["model=classic"]))
+    fig = plots.FIGURES["embedding"](view_of(["model=classic"]))
     assert "t-SNE of head.act (50 units) for 60 test images" in fig.get_suptitle()
     assert len(fig.axes[0].get_legend().get_texts()) == 10
 
@@ -326,7 +325,7 @@ def test_a_run_without_mistakes_skips_the_error_gallery_with_a_note(tmp_path):
 @pytest.mark.parametrize("index", [0, 17])
 def test_sample_index_picks_the_feature_map_digit(index):
     view = view_of(["model=tiny", f"report.sample_index={index}"])
-    fig = report.FIGURES["feature_maps"](view)
+    fig = plots.FIGURES["feature_maps"](view)
     label = view.data.class_names[view.predictions.labels[index]]
     assert f"feature maps of test image {index} (true {label}," in fig.get_suptitle()
     drawn = np.asarray(fig.axes[0].images[0].get_array())[:28, :28]  # the input row
@@ -339,7 +338,7 @@ def test_sample_index_beyond_the_test_set_is_skipped_with_a_note(tmp_path):
                                "report.sample_index=60"])
     assert "plots/feature_maps.png skipped: report.sample_index=60 is beyond the test set" in page
     with pytest.raises(UserError, match="report.sample_index=-1 is out of range"):
-        report.check_settings(compose_config(["report.sample_index=-1"]).report)
+        validate(compose_config(["report.sample_index=-1"]))
 
 
 def test_report_disabled_writes_only_the_tables(tmp_path):
@@ -357,10 +356,11 @@ def test_plots_subset_draws_only_those(tmp_path):
 
 
 def test_unknown_plot_names_are_rejected_before_training():
-    settings = OmegaConf.merge(OmegaConf.structured(report.ReportConfig),
-                               {"plots": ["loss", "curves"]})
     with pytest.raises(UserError, match="unknown plot curves; choose from loss"):
-        report.check_settings(settings)
+        validate(compose_config(["report.plots=[loss,curves]"]))
+    # The command line's pre-check runs validate: no run folder is made for a bad setting.
+    with pytest.raises(UserError, match="report.tsne_samples=0 is out of range: must be >= 1"):
+        precheck(["report.tsne_samples=0"], multirun=False)
 
 
 def test_run_label_names_the_model_knobs_that_differ_from_defaults():

@@ -7,6 +7,7 @@ every arm. The questions are the study block of the runs' resolved configs (book
 copy for a study that has not run yet). Every number comes from the run folders and from
 book.json (the wall times and the command that `studies` records), so the book can be
 rebuilt at any time from DIR alone, or from the small files of its runs (publish.py).
+The book is one list of pages.py blocks (`document`), rendered to both files.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnistcnn import compare, files, pages, questions
-from mnistcnn.compare import Comparison, Row, Stat
+from mnistcnn.compare import Comparison, Row
 from mnistcnn.errors import UserError
-from mnistcnn.pages import ABSENT, esc, md_table
+from mnistcnn.metrics import Stat, pooled
+from mnistcnn.pages import ABSENT, Block, Heading, Paragraph, Section, Table, mean_std
 
 BOOK_FILE = "book.json"  # what `studies` records: command(s), wall times, machine, studies
 QUICK = "quick=on: 1 epoch and 1,000 training images a run"  # conf/quick/on.yaml
@@ -109,7 +111,7 @@ def class_recall(row: Row) -> tuple[tuple[str, ...], dict[str, Stat]]:
         for r in lines:
             if r["recall"] != "nan":
                 values.setdefault(r["class"], []).append(float(r["recall"]))
-    return names, {c: compare.mean_std(v) for c, v in values.items()}
+    return names, {c: pooled(v) for c, v in values.items()}
 
 
 def per_class_tables(comp: Comparison) -> tuple[list[tuple[list[str], list[list[str]]]], str]:
@@ -122,7 +124,7 @@ def per_class_tables(comp: Comparison) -> tuple[list[tuple[list[str], list[list[
             if names:
                 groups.setdefault(names, []).append((row, recall))
     tables = [(["class", *(row.label for row, _ in arms)],
-               [[c, *(compare.fmt(recall.get(c), "acc") for _, recall in arms)] for c in names])
+               [[c, *(mean_std(recall.get(c), "acc") for _, recall in arms)] for c in names])
               for names, arms in groups.items()]
     note = ""
     if len(groups) > 1:
@@ -183,32 +185,25 @@ def findings_table(book: Book) -> tuple[list[str], list[list[str]]]:
     return ["study", "question", header], body
 
 
-def answer_markdown(study: Study) -> list[str]:
-    """Each question of a study, its answer and its tables, as markdown parts."""
-    parts = []
-    for a in study.answers:
-        parts += [f"### {a.question.ask}", a.sentence]
-        for title, table in a.tables:
-            parts += [f"*{title}*"] * bool(title) + [md_table(*table)]
-    return parts
-
-
-def answer_html(study: Study) -> str:
-    return "".join(pages.section(a.question.ask, f"<p>{pages.prose(a.sentence)}</p>" + "".join(
-        (f"<p><i>{esc(title)}</i></p>" if title else "") + pages.html_table(*table)
-        for title, table in a.tables), level=3) for a in study.answers)
+def answer_blocks(study: Study) -> list[Block]:
+    """Each question of a study under its own heading: the answer, then its tables."""
+    return [Section(a.question.ask, [Paragraph(a.sentence), *(
+        block for title, table in a.tables
+        for block in (Paragraph(title, style="label"), Table(*table)))], level=3)
+        for a in study.answers]
 
 
 def machine_rows(book: Book) -> list[list[str]]:
-    """Where and how long: from the runs' summaries (device, torch, host) and book.json."""
+    """Where and how long: from the runs' summaries (device, torch, the training step's
+    path: eager or CUDA graph) and book.json."""
     summaries = [r.summary for s in book.studies if s.comparison for r in s.comparison.runs]
 
     def seen(key: str) -> str:
         return ", ".join(dict.fromkeys(str(x[key]) for x in summaries if x.get(key))) or ABSENT
 
     machine = book.record.get("machine") or platform.platform()
-    rows = [["machine", machine], ["host", seen("host")], ["device", seen("device")],
-            ["torch", seen("torch")]]
+    rows = [["machine", machine], ["device", seen("device")], ["torch", seen("torch")],
+            ["training step", seen("train_path")]]
     walls = book.record.get("wall_s", {})
     rows.append(["wall time, all studies", duration(sum(walls.values())) if walls else ABSENT])
     rows += [[f"wall time: {s.name}", duration(s.wall_s) if s.wall_s is not None else ABSENT]
@@ -224,52 +219,34 @@ def duration(seconds: float) -> str:
     return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def to_markdown(book: Book) -> str:
-    parts = ["# Studies", *(f"**{n}**" for n in shortened_note(book)), "## Findings",
-             md_table(*findings_table(book))]
-    for s in book.studies:
-        parts += [f"## {s.name}", f"**{s.title}**"]
-        if s.comparison is None:
-            parts.append(f"Not run yet: no run folders in `{s.name}/`.")
-            continue
-        parts.append(md_table(["protocol", ""], protocol(s.comparison)))
-        parts += answer_markdown(s)
-        parts.append(compare.markdown_section(s.comparison, book.out_dir, level=3,
-                                              image_dir=f"{s.name}/", per_epoch=False))
-        tables, note = per_class_tables(s.comparison)
-        if tables:
-            parts.append("### Per-class test recall (%)")
-            parts += [md_table(*t) for t in tables] + ([note] if note else [])
-    parts += ["## Machine and time", md_table(["", ""], machine_rows(book))]
-    return "\n\n".join(parts) + "\n"
+def document(book: Book) -> list[Block]:
+    """STUDIES.md and studies.html: the findings, a section per study, the machine."""
+    return [Heading("Studies"), *(Paragraph(f"**{n}**") for n in shortened_note(book)),
+            Section("Findings", [Table(*findings_table(book), style="text")]),
+            *(Section(s.name, study_blocks(book, s), anchor=s.name) for s in book.studies),
+            Section("Machine and time", [Table(["", ""], machine_rows(book), style="text")])]
 
 
-def to_html(book: Book) -> str:
-    body = ["<h1>Studies</h1>", *(f"<p><b>{pages.prose(n)}</b></p>" for n in shortened_note(book)),
-            pages.section("Findings", pages.html_table(*findings_table(book), css_class="text"))]
-    for s in book.studies:
-        parts = [f"<p><b>{esc(s.title)}</b></p>"]
-        if s.comparison is None:
-            parts.append(f"<p>Not run yet: no run folders in {esc(s.name)}/.</p>")
-        else:
-            parts += [pages.html_table(["protocol", ""], protocol(s.comparison), css_class="text"),
-                      answer_html(s),
-                      compare.html_section(s.comparison, book.out_dir, s.images, level=3,
-                                           per_epoch=False)]
-            tables, note = per_class_tables(s.comparison)
-            parts.append(pages.section("Per-class test recall (%)", "".join(
-                pages.html_table(*t) for t in tables) + (f"<p>{esc(note)}</p>" if note else ""),
-                level=3))
-        body.append(f'<section id="{esc(s.name)}">{pages.section(s.name, "".join(parts))}'
-                    f"</section>")
-    body.append(pages.section("Machine and time", pages.html_table(["", ""], machine_rows(book),
-                                                                   css_class="text")))
-    return pages.page("Studies", "\n".join(body))
+def study_blocks(book: Book, s: Study) -> list[Block]:
+    """A study's title, protocol, answered questions, comparison (without per-epoch tables)
+    and per-class recall."""
+    out: list[Block] = [Paragraph(f"**{s.title}**")]
+    if s.comparison is None:
+        return [*out, Paragraph(f"Not run yet: no run folders in `{s.name}/`.")]
+    out.append(Table(["protocol", ""], protocol(s.comparison), style="text"))
+    out += answer_blocks(s)
+    out += compare.blocks(s.comparison, book.out_dir, s.images, level=3,
+                          image_dir=f"{s.name}/", per_epoch=False)
+    tables, note = per_class_tables(s.comparison)
+    out.append(Section("Per-class test recall (%)",
+                       [*(Table(*t) for t in tables), Paragraph(note)], level=3))
+    return out
 
 
 def write(out_dir: str | Path, names: Sequence[str]) -> Book:
     """STUDIES.md and studies.html into out_dir from its study folders; returns the book."""
     book = load(out_dir, names)
-    files.write_text(book.out_dir / "STUDIES.md", to_markdown(book))
-    files.write_text(book.out_dir / "studies.html", to_html(book))
+    doc = document(book)
+    files.write_text(book.out_dir / "STUDIES.md", pages.markdown(doc) + "\n")
+    files.write_text(book.out_dir / "studies.html", pages.page("Studies", doc))
     return book

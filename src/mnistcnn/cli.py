@@ -16,12 +16,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnistcnn import digits, files, models, plots, tblog
+from mnistcnn import digits, models, plots, tblog
 from mnistcnn.compare import build as build_comparison
 from mnistcnn.compare import console_text, default_out_dir, load_runs
 from mnistcnn.compare import write as write_comparison
 from mnistcnn.config import CONF_DIR, register_configs, validate
 from mnistcnn.errors import UserError, exit_with
+from mnistcnn.pages import amount, pct
 from mnistcnn.run import classify, evaluate_run, resume_run, train_run, write_image_predictions
 
 log = logging.getLogger("mnistcnn")
@@ -141,7 +142,7 @@ def evaluate(args: list[str]) -> None:
                         + (f" (unexpected: {' '.join(unknown)})" if unknown else ""))
     console_logging()
     result = evaluate_run(opts["run"], opts.get("device", "auto"))
-    print(f"test/loss {result['test/loss']:.4f}  test/acc {100 * result['test/acc']:.2f}%  "
+    print(f"test/loss {amount(result['test/loss'], 'loss')}  test/acc {pct(result['test/acc'])}  "
           f"({result['test_size']} images, {result['device']}) -> "
           f"{opts['run']}/evaluation.json, predictions.csv")
 
@@ -189,19 +190,14 @@ def predict(args: list[str]) -> None:
                         f"BMP files or folders holding them")
     rows = classify(settings["run"], read, images, settings.get("device", "auto"))
     for row in rows:
-        top = ", ".join(f"{name} {100 * p:.1f}%" for name, p in row["top"])
-        print(f"{row['file']}  {row['pred']}  {100 * row['confidence']:.1f}%  top-3: {top}")
+        top = ", ".join(f"{name} {pct(p, 1)}" for name, p in row["top"])
+        print(f"{row['file']}  {row['pred']}  {pct(row['confidence'], 1)}  top-3: {top}")
     if opts.out:
         write_image_predictions(Path(opts.out), rows)
         print(f"-> {opts.out}")
     if opts.show:
         sheet = Path(opts.out).with_suffix(".png") if opts.out else Path("predictions.png")
-        names = [Path(r["file"]).name for r in rows]
-        captions = [f"{n if len(n) <= 18 else n[:17] + '…'}\n{r['pred']} "
-                    f"{100 * r['confidence']:.0f}%" for n, r in zip(names, rows, strict=True)]
-        fig = plots.gallery(images, captions,
-                            f"{len(rows)} inputs as the model of {settings['run']} saw them")
-        files.atomic_write(sheet, lambda f: f.write(plots.to_png(fig)))
+        plots.save_png(sheet, plots.prediction_sheet(images, rows, settings["run"]))
         print(f"-> {sheet}")
 
 

@@ -8,26 +8,26 @@ is written by the multirun callback in sweep.py.
 Rows are configurations, not runs: runs whose resolved configs differ only in
 `seed` are pooled, and each number is shown as mean ± sample standard deviation
 over those runs, so a reader sees the seed-to-seed spread beside every gap.
-The columns are the config keys that differ between the runs.
+The columns are the config keys that differ between the runs. The document is one
+list of pages.py blocks (`blocks`), rendered to comparison.md and comparison.html and
+taken into the studies book; its figures are drawn by plots.py.
 """
 
 from __future__ import annotations
 
 import re
-import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
-from mnistcnn import files, pages
+from mnistcnn import files, pages, plots
 from mnistcnn.errors import UserError
-from mnistcnn.pages import ABSENT, md_table  # ABSENT: a key or metric a run lacks
+from mnistcnn.metrics import Stat, pooled
+from mnistcnn.pages import ABSENT, Block, mean_std  # ABSENT: a key or metric a run lacks
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 # Where the data lives, where it runs, how a run is reported or resumed: two runs that
@@ -190,21 +190,6 @@ def short_names(columns: Sequence[str]) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- rows
 @dataclass
-class Stat:
-    mean: float
-    std: float | None  # None for a single run: there is no spread to show
-    n: int
-    values: list[float] = field(default_factory=list)
-
-
-def mean_std(values: Sequence[float]) -> Stat | None:
-    if not values:
-        return None
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return Stat(statistics.fmean(values), std, len(values), list(values))
-
-
-@dataclass
 class Row:
     values: dict[str, str]  # column key -> the shown config value
     label: str
@@ -223,7 +208,7 @@ class Row:
         return sum(r.status == "completed" for r in self.runs)
 
     def stat(self, key: str) -> Stat | None:
-        return mean_std([r.summary[key] for r in self.runs if r.summary.get(key) is not None])
+        return pooled([r.summary[key] for r in self.runs if r.summary.get(key) is not None])
 
     def constant(self, get) -> str:
         """A value that should be equal across seeds (params, epochs); all of them if not."""
@@ -237,7 +222,7 @@ class Row:
             for record in run.metrics:
                 if record.get(metric) is not None:
                     by_epoch.setdefault(record["epoch"], []).append(record[metric])
-        return [(epoch, mean_std(v)) for epoch, v in sorted(by_epoch.items())]
+        return [(epoch, pooled(v)) for epoch, v in sorted(by_epoch.items())]
 
 
 def make_rows(runs: Sequence[Run], columns: Sequence[str]) -> list[Row]:
@@ -281,17 +266,17 @@ def gap_note(rows: Sequence[Row]) -> str | None:
     if len(ranked) < 2:
         return None
     (best, a), (second, b) = ranked[:2]
-    gap = 100 * (a.mean - b.mean)
+    gap = pages.amount(a.mean - b.mean, "acc")
     if a.std is None or b.std is None:
-        return (f"The best ({best.label}) leads the runner-up ({second.label}) by {gap:.2f} "
+        return (f"The best ({best.label}) leads the runner-up ({second.label}) by {gap} "
                 f"points of test accuracy, but single runs show no seed spread: repeat the "
                 f"sweep with seed=0,1,2 before drawing a conclusion.")
-    spread = f"± {100 * a.std:.2f} and ± {100 * b.std:.2f}"
+    spread = f"± {pages.amount(a.std, 'acc')} and ± {pages.amount(b.std, 'acc')}"
     if not exceeds_spread(a, b):
         return (f"The gap between the best ({best.label}) and the runner-up ({second.label}), "
-                f"{gap:.2f} points of test accuracy, is smaller than their seed spread "
+                f"{gap} points of test accuracy, is smaller than their seed spread "
                 f"({spread}): the ranking may change with other seeds.")
-    return (f"The best ({best.label}) leads the runner-up ({second.label}) by {gap:.2f} points "
+    return (f"The best ({best.label}) leads the runner-up ({second.label}) by {gap} points "
             f"of test accuracy, more than their seed spread ({spread}).")
 
 
@@ -328,11 +313,6 @@ def build(runs: Sequence[Run]) -> Comparison:
     return Comparison(list(runs), columns, implied, rows, notes(rows, implied))
 
 
-def fmt(stat: Stat | None, kind: str) -> str:
-    """Numbers for people: accuracies in percent with two decimals, then ± std over seeds."""
-    return ABSENT if stat is None else pages.mean_std(stat.mean, stat.std, kind)
-
-
 def _params(run: Run):
     return (run.summary.get("params") or {}).get("total")
 
@@ -360,7 +340,7 @@ def main_table(comp: Comparison) -> tuple[list[str], list[list[str]]]:
         cells = [*row.values.values(),
                  f"{int(params):,}" if params.isdigit() else params,
                  row.constant(_epochs), str(row.n),
-                 *(fmt(row.stat(key), kind) for key, _, kind in TABLE_METRICS)]
+                 *(mean_std(row.stat(key), kind) for key, _, kind in TABLE_METRICS)]
         body.append(cells + (list(status_text(row)) if show_status else []))
     return header, body
 
@@ -389,7 +369,8 @@ def epoch_table(comp: Comparison, metric: str, kind: str) -> tuple[list[str], li
     curves = [dict(r.curve(metric)) for r in rows]
     epochs = sorted({e for c in curves for e in c})
     return (["epoch", *(r.label for r in rows)],
-            [[str(e), *(fmt(c.get(e), kind) if e in c else "" for c in curves)] for e in epochs])
+            [[str(e), *(mean_std(c.get(e), kind) if e in c else "" for c in curves)]
+             for e in epochs])
 
 
 def runs_table(comp: Comparison, out_dir: Path) -> tuple[list[str], list[list[str]]]:
@@ -397,7 +378,7 @@ def runs_table(comp: Comparison, out_dir: Path) -> tuple[list[str], list[list[st
     label = {id(run): row.label for row in comp.rows for run in row.runs}
     return (["run", "configuration", "seed", "status", "test acc (%)"],
             [[_where(r.path, out_dir), label[id(r)], str(r.seed), r.status,
-              fmt(mean_std([r.summary["test/acc"]] if "test/acc" in r.summary else []), "acc")]
+              pages.amount(r.summary.get("test/acc"), "acc")]
              for r in comp.runs])
 
 
@@ -407,7 +388,7 @@ def _where(path: Path, out_dir: Path) -> str:
     return str(path.relative_to(out_dir)) if path.is_relative_to(out_dir) else str(path)
 
 
-# ----------------------------------------------------------------------------- markdown/html
+# ----------------------------------------------------------------------------- the document
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -421,151 +402,68 @@ def intro(comp: Comparison) -> str:
             f"its n runs. Sorted by test accuracy.")
 
 
+def summary_blocks(comp: Comparison, more_notes: Sequence[str] = ()) -> list[Block]:
+    """What the console shows too: which keys differ, the table, the notes."""
+    return [pages.Paragraph(intro(comp)), pages.Table(*main_table(comp)),
+            pages.Bullets([*comp.notes, *more_notes])]
+
+
+def blocks(comp: Comparison, out_dir: Path, images: dict[str, bytes], level: int = 2,
+           image_dir: str = "", per_epoch: bool = True, more_notes: Sequence[str] = ()
+           ) -> list[Block]:
+    """The comparison below a heading of the given level (the caller's): the table, the
+    notes (then more_notes), the figures (PNG bytes by file name; image_dir/NAME relative
+    to the document), the per-epoch tables when per_epoch, and the runs."""
+    out = summary_blocks(comp, more_notes)
+    out.append(pages.Figures([pages.Image(f"{image_dir}{name}", images[name], FIGURE_TITLES[name])
+                    for name in FIGURES if name in images]))
+    if per_epoch:
+        out += [pages.Section(f"Per epoch: {title}", [pages.Table(*table)], level)
+                for title, table in epoch_sections(comp)]
+    out.append(pages.Section("Runs", [pages.Table(*runs_table(comp, out_dir))], level))
+    return out
+
+
 def epoch_sections(comp: Comparison) -> list[tuple[str, tuple]]:
     return [(title, table) for metric, title, kind in EPOCH_METRICS
             if (table := epoch_table(comp, metric, kind))[1]]
 
 
-def markdown_section(comp: Comparison, out_dir: Path, level: int = 2, image_dir: str = "",
-                     per_epoch: bool = True, more_notes: Sequence[str] = ()) -> str:
-    """The comparison as markdown below a heading of the given level (the caller's): the
-    table, the notes (then more_notes), the figures (image_dir/NAME.png, relative to the
-    markdown file), the per-epoch tables when per_epoch, and the runs."""
-    sub = "#" * level
-    parts = [intro(comp), md_table(*main_table(comp)),
-             "\n".join(f"- {n}" for n in [*comp.notes, *more_notes])]
-    parts += [f"![{FIGURE_TITLES[name]}]({image_dir}{name})" for name in FIGURE_NAMES]
-    if per_epoch:
-        for title, table in epoch_sections(comp):
-            parts += [f"{sub} Per epoch: {title}", md_table(*table)]
-    parts += [f"{sub} Runs", md_table(*runs_table(comp, out_dir))]
-    return "\n\n".join(parts)
-
-
-def html_section(comp: Comparison, out_dir: Path, images: dict[str, bytes], level: int = 2,
-                 per_epoch: bool = True, more_notes: Sequence[str] = ()) -> str:
-    """markdown_section's HTML twin, with the figures (PNG bytes by file name) embedded."""
-    parts = [f"<p>{pages.prose(intro(comp))}</p>", pages.html_table(*main_table(comp)),
-             "<ul>" + "".join(f"<li>{pages.prose(n)}</li>"
-                              for n in [*comp.notes, *more_notes]) + "</ul>",
-             pages.figure_row([pages.embedded_figure(images[name], name)
-                               for name in FIGURE_NAMES if name in images])]
-    if per_epoch:
-        parts += [pages.section(f"Per epoch: {title}", pages.html_table(*table), level)
-                  for title, table in epoch_sections(comp)]
-    parts.append(pages.section("Runs", pages.html_table(*runs_table(comp, out_dir)), level))
-    return "\n".join(parts)
-
-
-def to_markdown(comp: Comparison, out_dir: Path) -> str:
-    return f"# Comparison\n\n{markdown_section(comp, out_dir)}\n"
-
-
-def to_html(comp: Comparison, out_dir: Path, images: dict[str, bytes]) -> str:
-    return pages.page("Comparison",
-                      f"<h1>Comparison</h1>\n{html_section(comp, out_dir, images)}")
+def document(comp: Comparison, out_dir: Path, images: dict[str, bytes]) -> list[Block]:
+    """comparison.md and comparison.html: one heading over the blocks."""
+    return [pages.Heading("Comparison"), *blocks(comp, out_dir, images)]
 
 
 # ----------------------------------------------------------------------------- figures
-def _figure(width: float, height: float, title: str, ncols: int = 1) -> tuple[Figure, list]:
-    fig = pages.new_figure(width, height)
-    fig.suptitle(title, fontsize=11)
-    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
-
-
-def _colors(n: int) -> list:
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
 def curves_figure(comp: Comparison, quantity: str) -> Figure:
     """Train and validation curves of every configuration: mean line, ± std band."""
-    kind = "acc" if quantity == "acc" else "loss"
     rows = [r for r in comp.rows if r.completed]
     # One empty panel when no run completed: the figure still says what it would show.
     splits = [s for s in ("train", "val")
               if any(r.curve(f"{s}/{quantity}") for r in rows)] or ["train"]
-    name = "accuracy" if kind == "acc" else "loss"
-    width = 5.2 * len(splits) + 0.6
-    fig, axes = _figure(width, 4.6, f"{name.capitalize()} per epoch (mean ± std over seeds)",
-                        len(splits))
-    for ax, split in zip(axes, splits, strict=True):
-        for row, color in zip(rows, _colors(len(rows)), strict=True):
-            _draw_curve(ax, row.curve(f"{split}/{quantity}"), 100 if kind == "acc" else 1,
-                        color, row.label)
-        ax.set_title("validation" if split == "val" else "training", fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{name} (%)" if kind == "acc" else name)
-        # Whole epochs only: a tick at 1.5 epochs reads as a measurement that was never made.
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        ax.margins(x=0.05 if ax.get_xlim()[1] - ax.get_xlim()[0] >= 1 else 1)
-        # Plain tick values: arms 0.01 points apart would otherwise get "+4.674e1" offsets.
-        ax.ticklabel_format(axis="y", useOffset=False)
-        ax.grid(alpha=0.3)
-    # One legend below both panels: it names the swept values and never hides a curve.
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", fontsize=8,
-               ncol=_legend_columns(labels, width))
-    return fig
-
-
-def _draw_curve(ax, curve: list[tuple[int, Stat]], scale: float, color, label: str) -> None:
-    epochs = [e for e, _ in curve]
-    mean = [scale * s.mean for _, s in curve]
-    std = [scale * (s.std or 0) for _, s in curve]
-    if len(curve) == 1:  # a band needs two epochs; one epoch gets an error bar
-        ax.errorbar(epochs, mean, yerr=std, marker="o", markersize=4, capsize=4, color=color,
-                    label=label)
-        return
-    ax.plot(epochs, mean, marker="o", markersize=3, color=color, label=label)
-    ax.fill_between(epochs, [m - s for m, s in zip(mean, std, strict=True)],
-                    [m + s for m, s in zip(mean, std, strict=True)],
-                    color=color, alpha=0.2, linewidth=0)
-
-
-def _legend_columns(labels: Sequence[str], width_in: float) -> int:
-    """As many legend columns as the longest label lets fit across the figure (8 pt text is
-    about 14 characters an inch, plus the line sample)."""
-    longest = max((len(label) for label in labels), default=1) + 6
-    return max(1, min(len(labels), 4, int(14 * width_in) // longest))
+    panels = [("validation" if split == "val" else "training",
+               [(row.label, row.curve(f"{split}/{quantity}")) for row in rows])
+              for split in splits]
+    name = "accuracy" if quantity == "acc" else "loss"
+    return plots.seed_curves(panels, quantity,
+                             f"{name.capitalize()} per epoch (mean ± std over seeds)")
 
 
 def test_acc_figure(comp: Comparison) -> Figure:
-    """Horizontal bars, best on top, ± std error bars and one dot per seed. The axis is
-    zoomed to the data: MNIST accuracies differ in tenths of a point near 99%."""
-    ranked = ranked_rows(comp.rows)
-    fig, (ax,) = _figure(8.0, 1.2 + 0.55 * max(len(ranked), 1),
-                         "Test accuracy (mean ± std over seeds; dots are single runs)")
-    y = list(range(len(ranked)))[::-1]
-    means = [100 * s.mean for _, s in ranked]
-    stds = [100 * (s.std or 0) for _, s in ranked]
-    ax.barh(y, means, xerr=stds, color=_colors(len(ranked)), alpha=0.8, capsize=3)
-    for yi, (_, s) in zip(y, ranked, strict=True):
-        ax.plot([100 * v for v in s.values], [yi] * len(s.values), "k.", markersize=4)
-    # The numbers go with the names, where no bar or error bar can cover them.
-    ax.set_yticks(y, [f"{r.label}\n{fmt(s, 'acc')}" for r, s in ranked], fontsize=8)
-    if ranked:
-        lows = [100 * min(s.values) for _, s in ranked] + [m - sd for m, sd in
-                                                           zip(means, stds, strict=True)]
-        highs = [100 * max(s.values) for _, s in ranked] + [m + sd for m, sd in
-                                                            zip(means, stds, strict=True)]
-        pad = max(0.5, 0.15 * (max(highs) - min(lows)))
-        ax.set_xlim(max(0.0, min(lows) - pad), max(highs) + pad)
-    ax.set_xlabel("test accuracy (%), axis zoomed")
-    ax.grid(axis="x", alpha=0.3)
-    return fig
+    """The configurations' test accuracies, best on top."""
+    return plots.accuracy_bars([(r.label, s) for r, s in ranked_rows(comp.rows)],
+                               "Test accuracy (mean ± std over seeds; dots are single runs)")
 
 
 def draw_figures(comp: Comparison, out_dir: Path) -> dict[str, bytes]:
     """Every comparison figure into out_dir/NAME; returns the PNGs by file name."""
-    return {name: pages.save_png(out_dir / name, draw(comp))
+    return {name: plots.save_png(out_dir / name, draw(comp))
             for name, draw in FIGURES.items()}
 
 
 FIGURES = {"test_acc.png": test_acc_figure,
            "curves_acc.png": lambda comp: curves_figure(comp, "acc"),
            "curves_loss.png": lambda comp: curves_figure(comp, "loss")}
-FIGURE_NAMES = list(FIGURES)
 FIGURE_TITLES = {"test_acc.png": "test accuracy", "curves_acc.png": "accuracy",
                  "curves_loss.png": "loss"}
 
@@ -575,10 +473,10 @@ def write(comp: Comparison, out_dir: str | Path) -> list[Path]:
     """Every comparison file into out_dir; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images = draw_figures(comp, out)
-    files.write_text(out / "comparison.md", to_markdown(comp, out))
+    doc = document(comp, out, draw_figures(comp, out))
+    files.write_text(out / "comparison.md", pages.markdown(doc) + "\n")
     files.write_csv(out / "comparison.csv", *csv_table(comp))
-    files.write_text(out / "comparison.html", to_html(comp, out, images))
+    files.write_text(out / "comparison.html", pages.page("Comparison", doc))
     return [out / name for name in OUTPUT_FILES]
 
 
@@ -591,8 +489,7 @@ def default_out_dir(paths: Sequence[str | Path]) -> Path:
 
 def console_text(comp: Comparison) -> str:
     """What `compare` and the end of a sweep print: which keys differ, the table, the notes."""
-    return "\n\n".join([intro(comp), md_table(*main_table(comp)),
-                         "\n".join(f"- {n}" for n in comp.notes)]).rstrip()
+    return pages.markdown(summary_blocks(comp))
 
 
 def failure_line(comp: Comparison) -> str:

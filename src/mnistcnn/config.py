@@ -329,8 +329,15 @@ class TrainerConfig:
     cuda_graph: str = "auto"
 
 
+# The run report's figures, the values report.plots takes (file stems under plots/).
+REPORT_PLOTS = ("loss", "accuracy", "confusion", "errors", "correct", "filters_first",
+                "filters_last", "feature_maps", "embedding")
+
+
 @dataclass
 class ReportConfig:
+    """What the run report draws; plots.FIGURES draws each of REPORT_PLOTS."""
+
     enabled: bool = True
     plots: list[str] | None = None  # null = every plot; else a subset of plot names
     sample_index: int = 0  # the test image whose feature maps are drawn
@@ -480,6 +487,24 @@ def validate(cfg: DictConfig) -> None:
     _check(0 <= a.translate < 1, "data.augment.translate", a.translate, "fraction in [0, 1)")
     _check(0 <= a.brightness < 1, "data.augment.brightness", a.brightness, "must be in [0, 1)")
     validate_classes(d.classes)
+    validate_report(report_settings(cfg))
+
+
+def report_settings(cfg: DictConfig) -> DictConfig:
+    """cfg.report over the schema defaults: configs saved before a key existed still work."""
+    return OmegaConf.merge(OmegaConf.structured(ReportConfig), cfg.get("report") or {})
+
+
+def validate_report(report: DictConfig) -> None:
+    """Report settings that would only fail after training."""
+    unknown = sorted(set(report.plots or []) - set(REPORT_PLOTS))
+    if unknown:
+        raise UserError(f"report.plots: unknown plot {', '.join(unknown)}; choose from "
+                        f"{', '.join(REPORT_PLOTS)}, e.g. report.plots=[loss,confusion]")
+    _check(report.sample_index >= 0, "report.sample_index", report.sample_index,
+           "must be >= 0 (a test image index)")
+    _check(report.tsne_samples >= 1, "report.tsne_samples", report.tsne_samples,
+           "must be >= 1, e.g. 2000")
 
 
 def validate_early_stop(cfg: DictConfig) -> None:

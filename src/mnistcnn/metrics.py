@@ -1,4 +1,5 @@
-"""Predictions -> accuracy, confusion matrix and per-class report (scikit-learn).
+"""Predictions -> accuracy, confusion matrix and per-class report (scikit-learn); values
+over seeds -> their mean and spread (Stat).
 
 Pure functions on arrays of true and predicted class indices; nothing here reads
 files or touches a model. Per-class values that are undefined (the precision of a
@@ -10,7 +11,9 @@ does: a test set without some class must not drag the averages down with zeros.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
@@ -81,3 +84,21 @@ def summary_keys(rows: list[dict], cm: np.ndarray, class_names: Sequence[str]) -
 def _finite(x: float) -> float | None:
     # JSON has no NaN: an undefined value is written as null.
     return None if math.isnan(x) else x
+
+
+@dataclass
+class Stat:
+    """A value pooled over runs (seeds): its mean, sample standard deviation and n."""
+
+    mean: float
+    std: float | None  # None for a single run: there is no spread to show
+    n: int
+    values: list[float] = field(default_factory=list)
+
+
+def pooled(values: Sequence[float]) -> Stat | None:
+    """The Stat of values; None when there are none."""
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(statistics.fmean(values), std, len(values), list(values))

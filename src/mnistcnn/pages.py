@@ -1,39 +1,48 @@
-"""The one writer of tables, pages and figures for people: the run report (report.py), the
-comparison (compare.py) and the studies book (book.py) all draw with these.
+"""The one writer of documents for people: the run report (report.py), the comparison
+(compare.py) and the studies book (book.py) are each a list of blocks built once, and
+rendered here to Markdown and to self-contained HTML.
 
-Tables come as markdown or HTML from the same (header, rows) pair; a page is one
-self-contained HTML file (style inline, figures embedded as base64 PNG, nothing fetched);
-figures are matplotlib Figures on the Agg canvas (no display, no pyplot registry growing
-over a sweep) rendered at DPI; numbers are formatted the one way the tables use:
-accuracies as percents with two decimals, losses with four, times with one.
+A block (Heading, Paragraph, Bullets, Table, Cards, Code, Image, Figures, Section) knows
+its two renderings; `markdown(blocks)` and `html(blocks)` join them, `page(title,
+blocks)` wraps the HTML in one file (style inline, figures embedded as base64 PNG,
+nothing fetched). Prose is written once, in Markdown's inline syntax: `code` and
+**bold** spans become <code> and <b> in HTML. Numbers are formatted the one way each
+kind is shown (KINDS): accuracies as percents with two decimals, losses with four, times
+with one; a mean over seeds with its ± std. Figures arrive as PNG bytes drawn by plots.py.
 """
 
 from __future__ import annotations
 
 import base64
-import html
-import io
+import html as html_lib
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from mnistcnn.metrics import Stat
 
-from mnistcnn import files
-
-DPI = 100
 ABSENT = "—"  # a value that is missing or undefined
-# How each kind of number is shown: (scale, decimals).
+# How each kind of number is shown: (scale, decimals). An accuracy is a fraction in files
+# and a percent for people.
 KINDS = {"acc": (100, 2), "loss": (1, 4), "time": (1, 1)}
 
 
 # ----------------------------------------------------------------------------- numbers
-def pct(x: float | None) -> str:
-    """A fraction as a percent with two decimals: 0.9912 -> 99.12%."""
-    return ABSENT if x is None or math.isnan(x) else f"{100 * x:.2f}%"
+def amount(x: float | None, kind: str) -> str:
+    """One value of a kind in KINDS, without unit: acc 0.975 -> 97.50, loss -> 0.1234."""
+    if x is None or math.isnan(x):
+        return ABSENT
+    scale, digits = KINDS[kind]
+    return f"{scale * x:.{digits}f}"
+
+
+def pct(x: float | None, decimals: int = 2) -> str:
+    """A fraction as a percent: 0.9912 -> 99.12% (decimals=1: a confidence, 99.1%)."""
+    return ABSENT if x is None or math.isnan(x) else f"{100 * x:.{decimals}f}%"
 
 
 def number(x: float | None) -> str:
@@ -41,22 +50,23 @@ def number(x: float | None) -> str:
     return ABSENT if x is None or math.isnan(x) else f"{x:.4g}"
 
 
-def mean_std(mean: float | None, std: float | None, kind: str) -> str:
-    """`mean ± std` of a kind in KINDS; a single value (std None) without the ±."""
-    if mean is None:
+def mean_std(stat: Stat | None, kind: str) -> str:
+    """A value pooled over seeds as `mean ± std` of a kind in KINDS (97.50 ± 0.71); a
+    single run (std None) without the ±."""
+    if stat is None:
         return ABSENT
-    scale, digits = KINDS[kind]
-    text = f"{scale * mean:.{digits}f}"
-    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+    text = amount(stat.mean, kind)
+    return text if stat.std is None else f"{text} ± {amount(stat.std, kind)}"
 
 
 def esc(text: Any) -> str:
-    return html.escape(str(text))
+    return html_lib.escape(str(text))
 
 
 def prose(text: str) -> str:
-    """A sentence written for markdown as HTML: escaped, `code` spans kept as code."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(text))
+    """A sentence written for markdown as HTML: escaped, `code` and **bold** spans kept."""
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(text))
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -80,12 +90,170 @@ def html_table(header: Sequence[str], body: Sequence[Sequence[Any]],
     return f"{table}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
+# ----------------------------------------------------------------------------- blocks
+class Block:
+    """A piece of a document with its Markdown and its HTML; "" renders as nothing."""
+
+    def markdown(self) -> str:
+        raise NotImplementedError
+
+    def html(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass
+class Heading(Block):
+    text: str
+    level: int = 1
+
+    def markdown(self) -> str:
+        return f"{'#' * self.level} {self.text}"
+
+    def html(self) -> str:
+        return f"<h{self.level}>{esc(self.text)}</h{self.level}>"
+
+
+@dataclass
+class Paragraph(Block):
+    """Prose; style is a CSS class of the HTML page ("note", "note warn", "label")."""
+
+    text: str
+    style: str = ""
+
+    def markdown(self) -> str:
+        return self.text
+
+    def html(self) -> str:
+        attr = f' class="{self.style}"' if self.style else ""
+        return f"<p{attr}>{prose(self.text)}</p>" if self.text else ""
+
+
+@dataclass
+class Bullets(Block):
+    items: Sequence[str]
+
+    def markdown(self) -> str:
+        return "\n".join(f"- {item}" for item in self.items)
+
+    def html(self) -> str:
+        items = "".join(f"<li>{prose(item)}</li>" for item in self.items)
+        return f"<ul>{items}</ul>" if self.items else ""
+
+
+@dataclass
+class Table(Block):
+    """header and rows of cells; row_classes mark HTML rows (the report's average, never
+    predicted and worst classes); style="text" for tables of sentences."""
+
+    header: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    row_classes: Sequence[str] | None = None
+    style: str = ""
+
+    def markdown(self) -> str:
+        return md_table(self.header, self.rows)
+
+    def html(self) -> str:
+        return html_table(self.header, self.rows, self.row_classes, self.style)
+
+
+@dataclass
+class Cards(Block):
+    """Headline numbers, (name, value) pairs: cards in HTML, a two-column table in Markdown."""
+
+    pairs: Sequence[tuple[str, str]]
+
+    def markdown(self) -> str:
+        return md_table(["", ""], self.pairs)
+
+    def html(self) -> str:
+        return '<div class="cards">' + "".join(
+            f"<div class=\"card\"><b>{esc(value)}</b><span>{esc(name)}</span></div>"
+            for name, value in self.pairs) + "</div>"
+
+
+@dataclass
+class Code(Block):
+    text: str
+
+    def markdown(self) -> str:
+        return f"```\n{self.text.rstrip()}\n```"
+
+    def html(self) -> str:
+        return f"<pre>{esc(self.text)}</pre>"
+
+
+@dataclass
+class Image(Block):
+    """A PNG figure: a link to its file (path, relative to the document) in Markdown,
+    the PNG itself embedded in HTML with the path as its caption."""
+
+    path: str
+    png: bytes
+    alt: str = ""  # Markdown's text for the image (default: the path)
+
+    def markdown(self) -> str:
+        return f"![{self.alt or self.path}]({self.path})"
+
+    def html(self) -> str:
+        # The id is the path without .png: unique in a book of several comparisons.
+        return embedded_figure(self.png, str(Path(self.path).with_suffix("")), self.path)
+
+
+@dataclass
+class Figures(Block):
+    """Images (and notes in place of skipped ones) side by side in HTML; one under the
+    other in Markdown."""
+
+    items: Sequence[Block]
+
+    def markdown(self) -> str:
+        return markdown(self.items)
+
+    def html(self) -> str:
+        inner = "".join(item.html() for item in self.items)
+        return f'<div class="figs">{inner}</div>' if inner else ""
+
+
+@dataclass
+class Section(Block):
+    """A heading over blocks; nothing at all when the blocks render to nothing. anchor
+    wraps the HTML in <section id=anchor> (the book's studies, linkable)."""
+
+    heading: str
+    blocks: Sequence[Block] = field(default_factory=list)
+    level: int = 2
+    anchor: str = ""
+
+    def markdown(self) -> str:
+        inner = markdown(self.blocks)
+        return f"{Heading(self.heading, self.level).markdown()}\n\n{inner}" if inner else ""
+
+    def html(self) -> str:
+        inner = html(self.blocks)
+        if not inner:
+            return ""
+        text = f"{Heading(self.heading, self.level).html()}\n{inner}"
+        return f'<section id="{esc(self.anchor)}">{text}</section>' if self.anchor else text
+
+
+def markdown(blocks: Sequence[Block]) -> str:
+    """Blocks as Markdown, a blank line between them."""
+    return "\n\n".join(text for block in blocks if (text := block.markdown()))
+
+
+def html(blocks: Sequence[Block]) -> str:
+    return "\n".join(text for block in blocks if (text := block.html()))
+
+
 # ----------------------------------------------------------------------------- pages
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; color: #222; max-width: 1320px; margin: 0 auto;
        padding: 16px 24px 48px; }
-h1 { font-size: 24px; margin: 8px 0 2px; } h2 { font-size: 19px; margin: 34px 0 10px;
-     border-bottom: 1px solid #ddd; padding-bottom: 4px; } h3 { font-size: 16px; }
+/* A run folder's name is one long word: it wraps rather than runs off the page. */
+h1 { font-size: 24px; margin: 8px 0 2px; overflow-wrap: anywhere; }
+h2 { font-size: 19px; margin: 34px 0 10px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+h3 { font-size: 16px; }
 .label { color: #555; margin: 0 0 14px; }
 .note { padding: 8px 12px; margin: 6px 0; border-radius: 4px; background: #f3f3f3; }
 .note.warn { background: #fde8e8; border-left: 4px solid #c62828; }
@@ -115,53 +283,20 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-def page(title: str, body: str) -> str:
-    """A whole self-contained HTML page around body (already HTML)."""
-    return PAGE.format(title=esc(title), css=CSS, body=body)
+def page(title: str, blocks: Sequence[Block]) -> str:
+    """A whole self-contained HTML page of blocks."""
+    return PAGE.format(title=esc(title), css=CSS, body=html(blocks))
 
 
-def section(heading: str, content: str, level: int = 2) -> str:
-    """A heading over content; nothing at all when there is no content."""
-    return f"<h{level}>{esc(heading)}</h{level}>\n{content}" if content else ""
-
-
-def embedded_figure(png: bytes, name: str, caption: str | None = None) -> str:
+def embedded_figure(png: bytes, name: str, caption: str) -> str:
     """A PNG embedded as a data: URI in a <figure>, never wider than drawn (no blur);
     figures narrower than about half the page share a row, wider ones get a row each."""
     width = png_width(png)
     style = f"flex: 1 1 {int(0.85 * width)}px; max-width: {width}px"
     data = base64.b64encode(png).decode()
     return (f'<figure id="{esc(name)}" style="{style}"><img src="data:image/png;base64,{data}" '
-            f'alt="{esc(caption or name)}"><figcaption>{esc(caption or name)}</figcaption>'
-            f"</figure>")
-
-
-def figure_row(figures: Sequence[str]) -> str:
-    """embedded_figure()s side by side."""
-    return f'<div class="figs">{"".join(figures)}</div>' if figures else ""
+            f'alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>')
 
 
 def png_width(png: bytes) -> int:
     return int.from_bytes(png[16:20], "big")  # the IHDR chunk's width field
-
-
-# ----------------------------------------------------------------------------- figures
-def new_figure(width: float, height: float) -> Figure:
-    """An empty figure of width x height inches on the Agg canvas, laid out by matplotlib's
-    constrained layout (no tight-bbox cropping: the PNG is exactly width*DPI wide)."""
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def to_png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
-
-
-def save_png(path: Path, fig: Figure) -> bytes:
-    """Render fig, write it atomically to path, and return the PNG (to embed it)."""
-    png = to_png(fig)
-    files.atomic_write(path, lambda f: f.write(png))
-    return png

@@ -1,27 +1,41 @@
-"""The figures of a run report, one function per figure, drawn on matplotlib's Agg canvas.
+"""Every figure mnistcnn draws, on matplotlib's Agg canvas: the run report's nine (FIGURES,
+drawn from a RunView), the comparison's curves and bars over seeds, and predict's sheet.
 
-Each function takes plain numbers and arrays (never a model or a file) and returns
-a Figure; `to_png` (from pages.py, the one figure writer) renders it. Figures are built
-on pages.new_figure (`Figure` + `FigureCanvasAgg`) rather than pyplot: no display is
-needed and no global figure registry grows over a sweep. Every figure is WIDTH inches
-wide (fixed per kind) and as tall as its content needs, at DPI dots per inch, with no
-tight-bbox cropping: a PNG's pixel size follows from the figure's `get_size_inches() * DPI`.
+The drawing functions take plain numbers and arrays (never a model or a file) and return
+a Figure; the run report's figure makers pick those from a RunView (with probes.py for
+what needs the model) and title them. Figures are built on `new_figure` (`Figure` +
+`FigureCanvasAgg`) rather than pyplot: no display is needed and no global figure registry
+grows over a sweep. Every figure is WIDTH inches wide (fixed per kind) and as tall as its
+content needs, at DPI dots per inch, with no tight-bbox cropping: a PNG's pixel size
+follows from the figure's `get_size_inches() * DPI`. One palette (`colors`) serves classes
+and compared configurations alike.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from omegaconf import DictConfig
+from torch import nn
 
-from mnistcnn.metrics import normalize_rows
-from mnistcnn.pages import DPI, new_figure, to_png  # noqa: F401  (to_png: for callers)
+from mnistcnn import files, metrics, probes
+from mnistcnn.config import choice
+from mnistcnn.data import Data
+from mnistcnn.metrics import Stat, normalize_rows
+from mnistcnn.pages import amount, mean_std, pct
 
+DPI = 100
 CURVE_SIZE = (6.4, 4.4)
 CONFUSION_HEIGHT = 6.2
 GALLERY_WIDTH = 12.0
@@ -31,8 +45,32 @@ FEATURE_WIDTH = 12.0
 FEATURE_COLUMNS = 16
 FEATURE_CHANNELS = 64  # most channels drawn per stage: 4 rows of 16 stay readable
 EMBEDDING_SIZE = (8.0, 6.6)
+SEED_CURVES_PANEL = (5.2, 4.6)  # one panel (training or validation) of a comparison's curves
+BARS_WIDTH = 8.0
 TITLE_SIZE = 11
 CHARS_PER_INCH = 13  # of an 11-point title: where a suptitle line is wrapped
+
+
+# ----------------------------------------------------------------------------- canvas
+def new_figure(width: float, height: float) -> Figure:
+    """An empty figure of width x height inches on the Agg canvas, laid out by matplotlib's
+    constrained layout (no tight-bbox cropping: the PNG is exactly width*DPI wide)."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def to_png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def save_png(path: Path, fig: Figure) -> bytes:
+    """Render fig, write it atomically to path, and return the PNG (to embed it)."""
+    png = to_png(fig)
+    files.atomic_write(path, lambda f: f.write(png))
+    return png
 
 
 def _figure(width: float, height: float, title: str) -> Figure:
@@ -51,6 +89,17 @@ def _title_height(title: str, width: float) -> float:
     return 0.25 * lines + 0.2
 
 
+def colors(n: int) -> list:
+    """n distinct colours: tab10 up to ten (classes, configurations), tab20 beyond."""
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _grey():
+    """Grey-scale with the NaN gaps between tiles drawn white."""
+    return colormaps["gray"].with_extremes(bad="white")
+
+
 # ----------------------------------------------------------------------------- curves
 def curves(records: Sequence[dict], metric: str, test_value: float | None, title: str,
            marks: dict[str, int] | None = None, test_epoch: int | None = None) -> Figure:
@@ -66,11 +115,10 @@ def curves(records: Sequence[dict], metric: str, test_value: float | None, title
         if points:
             ax.plot(*zip(*points, strict=True), marker=marker, label=split)
     if test_value is not None and records:
-        value = test_value * scale
-        text = f"{value:.2f}%" if metric == "acc" else f"{value:.4f}"
+        text = pct(test_value) if metric == "acc" else amount(test_value, "loss")
         at = test_epoch or records[-1]["epoch"]
         which = "final" if at == records[-1]["epoch"] else f"epoch {at}"
-        ax.plot(at, value, marker="*", markersize=14, linestyle="none",
+        ax.plot(at, test_value * scale, marker="*", markersize=14, linestyle="none",
                 color="C3", label=f"test ({which}) {text}")
     for i, (label, epoch) in enumerate((marks or {}).items()):
         ax.axvline(epoch, linestyle="--", linewidth=1, color=f"C{4 + i}", label=label)
@@ -223,11 +271,11 @@ def embedding(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
     """2-D points coloured by class, with a legend of the classes present."""
     fig = _figure(*EMBEDDING_SIZE, title)
     ax = fig.add_subplot()
-    colours = colormaps["tab10" if len(class_names) <= 10 else "tab20"]
+    palette = colors(len(class_names))
     for c, name in enumerate(class_names):
         mine = labels == c
         if mine.any():
-            ax.scatter(points[mine, 0], points[mine, 1], s=7, alpha=0.7, color=colours(c),
+            ax.scatter(points[mine, 0], points[mine, 1], s=7, alpha=0.7, color=palette[c],
                        label=name, linewidths=0)
     ax.set_xlabel(f"{axis_name} 1")
     ax.set_ylabel(f"{axis_name} 2")
@@ -237,6 +285,244 @@ def embedding(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
     return fig
 
 
-def _grey():
-    """Grey-scale with the NaN gaps between tiles drawn white."""
-    return colormaps["gray"].with_extremes(bad="white")
+# ----------------------------------------------------------------------------- over seeds
+def seed_curves(panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[tuple[int, Stat]]]]]],
+                quantity: str, title: str) -> Figure:
+    """One panel per (panel title, [(configuration, [(epoch, Stat)])]): each configuration's
+    mean line with a ± std band. quantity "acc" is drawn in percent, anything else as is."""
+    name = "accuracy" if quantity == "acc" else "loss"
+    scale = 100 if quantity == "acc" else 1
+    width = SEED_CURVES_PANEL[0] * len(panels) + 0.6
+    fig = _figure(width, SEED_CURVES_PANEL[1], title)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (panel, lines) in zip(axes, panels, strict=True):
+        for (label, curve), color in zip(lines, colors(len(lines)), strict=True):
+            _draw_curve(ax, curve, scale, color, label)
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{name} (%)" if quantity == "acc" else name)
+        # Whole epochs only: a tick at 1.5 epochs reads as a measurement that was never made.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.margins(x=0.05 if ax.get_xlim()[1] - ax.get_xlim()[0] >= 1 else 1)
+        # Plain tick values: arms 0.01 points apart would otherwise get "+4.674e1" offsets.
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.grid(alpha=0.3)
+    # One legend below all panels: it names the compared values and never hides a curve.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8,
+               ncol=_legend_columns(labels, width))
+    return fig
+
+
+def _draw_curve(ax, curve: Sequence[tuple[int, Stat]], scale: float, color, label: str) -> None:
+    epochs = [e for e, _ in curve]
+    mean = [scale * s.mean for _, s in curve]
+    std = [scale * (s.std or 0) for _, s in curve]
+    if len(curve) == 1:  # a band needs two epochs; one epoch gets an error bar
+        ax.errorbar(epochs, mean, yerr=std, marker="o", markersize=4, capsize=4, color=color,
+                    label=label)
+        return
+    ax.plot(epochs, mean, marker="o", markersize=3, color=color, label=label)
+    ax.fill_between(epochs, [m - s for m, s in zip(mean, std, strict=True)],
+                    [m + s for m, s in zip(mean, std, strict=True)],
+                    color=color, alpha=0.2, linewidth=0)
+
+
+def _legend_columns(labels: Sequence[str], width_in: float) -> int:
+    """As many legend columns as the longest label lets fit across the figure (8 pt text is
+    about 14 characters an inch, plus the line sample)."""
+    longest = max((len(label) for label in labels), default=1) + 6
+    return max(1, min(len(labels), 4, int(14 * width_in) // longest))
+
+
+def accuracy_bars(arms: Sequence[tuple[str, Stat]], title: str) -> Figure:
+    """Horizontal bars of accuracies (label, Stat of fractions), the first on top, ± std
+    error bars and one dot per run. The axis is zoomed to the data: MNIST accuracies differ
+    in tenths of a point near 99%."""
+    fig = _figure(BARS_WIDTH, 1.2 + 0.55 * max(len(arms), 1), title)
+    ax = fig.add_subplot()
+    y = list(range(len(arms)))[::-1]
+    means = [100 * s.mean for _, s in arms]
+    stds = [100 * (s.std or 0) for _, s in arms]
+    ax.barh(y, means, xerr=stds, color=colors(len(arms)), alpha=0.8, capsize=3)
+    for yi, (_, s) in zip(y, arms, strict=True):
+        ax.plot([100 * v for v in s.values], [yi] * len(s.values), "k.", markersize=4)
+    # The numbers go with the names, where no bar or error bar can cover them.
+    ax.set_yticks(y, [f"{label}\n{mean_std(s, 'acc')}" for label, s in arms], fontsize=8)
+    if arms:
+        lows = [100 * min(s.values) for _, s in arms] + [m - sd for m, sd in
+                                                         zip(means, stds, strict=True)]
+        highs = [100 * max(s.values) for _, s in arms] + [m + sd for m, sd in
+                                                          zip(means, stds, strict=True)]
+        pad = max(0.5, 0.15 * (max(highs) - min(lows)))
+        ax.set_xlim(max(0.0, min(lows) - pad), max(highs) + pad)
+    ax.set_xlabel("test accuracy (%), axis zoomed")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+# ----------------------------------------------------------------------------- predict
+def prediction_sheet(images: np.ndarray, rows: Sequence[dict], source: str) -> Figure:
+    """predict --show: the 28x28 inputs as the model saw them, each captioned with its file
+    name, the predicted class and the confidence."""
+    captions = []
+    for row in rows:
+        name = Path(row["file"]).name
+        short = name if len(name) <= 18 else name[:17] + "…"
+        captions.append(f"{short}\n{row['pred']} {pct(row['confidence'], 0)}")
+    return gallery(images, captions, f"{len(rows)} inputs as the model of {source} saw them")
+
+
+# ----------------------------------------------------------------------------- the run report
+ERRORS_SHOWN = 32  # the most confident mistakes: 4 rows of the gallery
+CORRECT_PER_CLASS = 10
+MIN_TSNE_POINTS = 10  # below this t-SNE's neighbourhoods say nothing
+
+
+class Skipped(Exception):
+    """A figure that does not apply to this run; the message becomes its note in the report."""
+
+
+@dataclass
+class Predictions:
+    labels: np.ndarray
+    preds: np.ndarray
+    confidence: np.ndarray
+
+
+@dataclass
+class RunView:
+    """Everything a run's figures and its report page are drawn from."""
+
+    cfg: DictConfig
+    settings: DictConfig  # cfg.report with defaults filled in
+    label: str  # model, changed knobs and training settings: the first line of every title
+    model: nn.Module
+    data: Data
+    records: list[dict]
+    predictions: Predictions
+    confusion: np.ndarray
+    rows: list[dict]  # metrics.per_class
+    summary: dict
+
+
+def _run_curves(view: RunView, metric: str, what: str) -> Figure:
+    if not view.records:
+        raise Skipped("metrics.jsonl holds no epoch")
+    test = (metrics.accuracy(view.predictions.labels, view.predictions.preds) if metric == "acc"
+            else view.summary.get("test/loss"))
+    shown = pct(test) if metric == "acc" else amount(test, "loss")
+    s = view.summary
+    best = s.get("best_epoch")
+    kept = best if choice(view.cfg.trainer.get("keep", "last")) == "best" else None
+    model = f"model kept from epoch {kept}" if kept else "final model"
+    title = f"{view.label}\n{what} per epoch; test/{metric} of the {model} {shown}"
+    marks = {f"best {s['monitor']} (epoch {best})": best} if best else {}
+    if s.get("stopped_early"):
+        marks[f"stopped early (epoch {s['epochs']})"] = s["epochs"]
+    return curves(view.records, metric, test, title, marks, kept)
+
+
+def _run_confusion(view: RunView) -> Figure:
+    acc = metrics.accuracy(view.predictions.labels, view.predictions.preds)
+    title = (f"{view.label}\nconfusion matrix on {len(view.predictions.labels):,} test images; "
+             f"test/acc {pct(acc)}")
+    return confusion(view.confusion, view.data.class_names, title)
+
+
+def _run_errors(view: RunView) -> Figure:
+    p, names = view.predictions, view.data.class_names
+    wrong = np.flatnonzero(p.labels != p.preds)
+    if not len(wrong):
+        raise Skipped("no misclassified test image")
+    shown = wrong[np.argsort(-p.confidence[wrong], kind="stable")][:ERRORS_SHOWN]
+    captions = [f"{names[p.labels[i]]}→{names[p.preds[i]]} ({pct(p.confidence[i], 1)})"
+                for i in shown]
+    title = (f"{view.label}\nthe {len(shown)} most confident of {len(wrong):,} misclassified "
+             f"test digits: true→predicted (confidence)")
+    return gallery(_test_images(view.data, shown), captions, title)
+
+
+def _run_correct(view: RunView) -> Figure:
+    p, names = view.predictions, view.data.class_names
+    rows = []
+    for c, name in enumerate(names):
+        support = int((p.labels == c).sum())
+        if support:
+            right = np.flatnonzero((p.labels == c) & (p.preds == c))
+            rows.append((f"{name}\n{len(right)}/{support}",
+                         _test_images(view.data, right[:CORRECT_PER_CLASS])))
+    title = (f"{view.label}\ncorrectly classified test digits: the first {CORRECT_PER_CLASS} "
+             f"of each class (left: class, correct/total)")
+    return class_gallery(rows, CORRECT_PER_CLASS, title)
+
+
+def _run_filters(view: RunView, which: str) -> Figure:
+    convs = probes.conv_layers(view.model)
+    if not convs:
+        raise Skipped(f"model {view.cfg.model.name} has no conv layer")
+    if which == "first":
+        name, conv = convs[0]
+    else:
+        # A 1x1 (pointwise) conv has no spatial pattern to look at: take the last larger one.
+        spatial = [c for c in convs if max(c[1].kernel_size) > 1]
+        name, conv = (spatial or convs)[-1]
+    tiles, how = probes.filter_tiles(conv)
+    kh, kw = conv.kernel_size
+    title = (f"{view.label}\n{which} conv layer {name}: {len(tiles)} filters {kh}×{kw} "
+             f"({how}); grey-scale, each tile scaled to its own range")
+    return filters(tiles, title)
+
+
+def _run_feature_maps(view: RunView) -> Figure:
+    if not probes.conv_layers(view.model):
+        raise Skipped(f"model {view.cfg.model.name} has no conv layer")
+    i, n = view.settings.sample_index, len(view.data.test)
+    if i >= n:
+        raise Skipped(f"report.sample_index={i} is beyond the test set ({n:,} images)")
+    names, p = view.data.class_names, view.predictions
+    title = (f"{view.label}\nfeature maps of test image {i} (true {names[p.labels[i]]}, "
+             f"predicted {names[p.preds[i]]}): each conv/pool stage, each map scaled to its "
+             f"own range")
+    return feature_maps(probes.stage_outputs(view.model, view.data, i), title)
+
+
+def _run_embedding(view: RunView) -> Figure:
+    test, seed = view.data.test, view.cfg.seed
+    n = min(view.settings.tsne_samples, len(test))
+    # A seeded sample rather than the first n: the test file's order is not random.
+    idx = np.sort(np.random.default_rng(seed).permutation(len(test))[:n])
+    picked = torch.as_tensor(idx, device=test.images.device)
+    layer = view.model.embedding
+    features = probes.layer_outputs(view.model, layer, test.images[picked], view.data,
+                                    view.cfg.trainer.eval_batch_size)
+    width = features.shape[1]
+    if width == 2:
+        points, axis, method = features, "feature", "raw 2-D features (no t-SNE)"
+    elif n < MIN_TSNE_POINTS:
+        raise Skipped(f"t-SNE needs at least {MIN_TSNE_POINTS} test images, got {n}")
+    else:
+        points, axis, method = probes.tsne(features, seed), "t-SNE", "t-SNE"
+    title = f"{view.label}\n{method} of {layer} ({width} units) for {n:,} test images"
+    return embedding(points, test.labels[picked].cpu().numpy(), view.data.class_names,
+                     axis, title)
+
+
+def _test_images(data: Data, idx: np.ndarray) -> np.ndarray:
+    rows = torch.as_tensor(idx, dtype=torch.long, device=data.test.images.device)
+    return data.test.images[rows, 0].cpu().numpy()
+
+
+# Plot name (= file stem under plots/ and a valid report.plots entry, config.REPORT_PLOTS)
+# -> figure maker.
+FIGURES: dict[str, Callable[[RunView], Figure]] = {
+    "loss": lambda v: _run_curves(v, "loss", "loss"),
+    "accuracy": lambda v: _run_curves(v, "acc", "accuracy"),
+    "confusion": _run_confusion,
+    "errors": _run_errors,
+    "correct": _run_correct,
+    "filters_first": lambda v: _run_filters(v, "first"),
+    "filters_last": lambda v: _run_filters(v, "last"),
+    "feature_maps": _run_feature_maps,
+    "embedding": _run_embedding,
+}

@@ -28,6 +28,7 @@ from mnistcnn.config import choice, saved_config, to_plain, validate
 from mnistcnn.engine import evaluate, fit, predict
 from mnistcnn.errors import Diverged, Interrupted, UserError
 from mnistcnn.graphed import describe_path
+from mnistcnn.pages import amount, pct
 from mnistcnn.stopping import EarlyStopping
 from mnistcnn.training_setup import (
     graph_off_reason,
@@ -45,11 +46,11 @@ def _now() -> str:
 
 
 def format_epoch(r: dict, epochs: int) -> str:
-    parts = [f"epoch {r['epoch']}/{epochs}", f"train/loss {r['train/loss']:.4f}",
-             f"train/acc {100 * r['train/acc']:.2f}%"]
+    parts = [f"epoch {r['epoch']}/{epochs}", f"train/loss {amount(r['train/loss'], 'loss')}",
+             f"train/acc {pct(r['train/acc'])}"]
     if "val/acc" in r:
-        parts += [f"val/loss {r['val/loss']:.4f}", f"val/acc {100 * r['val/acc']:.2f}%"]
-    parts += [f"lr {r['lr']:.2g}", f"{r['epoch_time_s']:.1f}s"]
+        parts += [f"val/loss {amount(r['val/loss'], 'loss')}", f"val/acc {pct(r['val/acc'])}"]
+    parts += [f"lr {r['lr']:.2g}", f"{amount(r['epoch_time_s'], 'time')}s"]
     return "  ".join(parts)
 
 
@@ -102,15 +103,14 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
     if cfg.get("resume") and summary_path.is_file():
         previous = files.read_json(summary_path)
         if previous.get("status") == "completed":
-            log.info("%s already completed (test/acc %.2f%%); skipped", run_dir,
-                     100 * previous["test/acc"])
+            log.info("%s already completed (test/acc %s); skipped", run_dir,
+                     pct(previous["test/acc"]))
             return previous
     summary = {"status": "running", "model": cfg.model.name, "seed": cfg.seed,
                "started": _now(), "torch": torch.__version__, "host": platform.node()}
     try:
         validate(cfg)
         tblog.check_available(cfg)
-        report.check_settings(report.report_settings(cfg))
         device = resolve_device(cfg.trainer.device)
         graph_off_reason(cfg, device)  # trainer.cuda_graph=true that cannot be: fail before data
         summary["device"] = str(device)
@@ -179,8 +179,9 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
             tb.finish(cfg, summary)
         # model.pt holds the kept weights; the resume state is no longer needed.
         last_path.unlink(missing_ok=True)
-        log.info("test/loss %.4f  test/acc %.2f%%  (%d epochs, %.1fs training)  -> %s",
-                 test_loss, 100 * test_acc, len(records), summary["train_time_s"], run_dir)
+        log.info("test/loss %s  test/acc %s  (%d epochs, %ss training)  -> %s",
+                 amount(test_loss, "loss"), pct(test_acc), len(records),
+                 amount(summary["train_time_s"], "time"), run_dir)
         log.info("training step: %s", describe_path(summary))
         log_class_findings(summary)
         return summary
@@ -335,9 +336,9 @@ def write_image_predictions(path: Path, rows: list[dict]) -> None:
 
 def log_class_findings(summary: dict) -> None:
     """The per-class lines of the console summary: averages, worst class, never-predicted."""
-    log.info("test/macro_recall %.2f%%  test/macro_f1 %.2f%%  worst class %s (recall %.2f%%)",
-             100 * summary["test/macro_recall"], 100 * summary["test/macro_f1"],
-             summary["test/worst_class"], 100 * summary["test/worst_class_recall"])
+    log.info("test/macro_recall %s  test/macro_f1 %s  worst class %s (recall %s)",
+             pct(summary["test/macro_recall"]), pct(summary["test/macro_f1"]),
+             summary["test/worst_class"], pct(summary["test/worst_class_recall"]))
     never = summary["test/never_predicted"]
     if never:
         which = f"class {never[0]} is" if len(never) == 1 else f"classes {', '.join(never)} are"
