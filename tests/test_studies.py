@@ -129,7 +129,7 @@ def test_a_book_of_short_runs_says_so_at_the_top(book_dir):
     for job in (book_dir / "pooling").iterdir():  # as `studies --quick` records them
         hydra = job / ".hydra" / "hydra.yaml"
         hydra.write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"quick": "on"}}}}))
-    md = book.to_markdown(book.load(book_dir, ["pooling"]))
+    md = book.markdown(book.load(book_dir, ["pooling"]))
     top = md.split("## Findings")[0]
     assert "**Smoke runs, not findings: the runs of this book are shorter than their " \
            "studies' protocol (quick=on: 1 epoch and 1,000 training images a run)." in top

@@ -246,7 +246,11 @@ def study_blocks(book: Book, s: Study) -> list[Block]:
 def write(out_dir: str | Path, names: Sequence[str]) -> Book:
     """STUDIES.md and studies.html into out_dir from its study folders; returns the book."""
     book = load(out_dir, names)
-    doc = document(book)
-    files.write_text(book.out_dir / "STUDIES.md", pages.markdown(doc) + "\n")
-    files.write_text(book.out_dir / "studies.html", pages.page("Studies", doc))
+    files.write_text(book.out_dir / "STUDIES.md", markdown(book))
+    files.write_text(book.out_dir / "studies.html", pages.page("Studies", document(book)))
     return book
+
+
+def markdown(book: Book) -> str:
+    """STUDIES.md's text."""
+    return pages.markdown(document(book)) + "\n"

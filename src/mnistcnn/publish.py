@@ -60,5 +60,5 @@ def publish(book_dir: Path, names: Sequence[str], dest: Path) -> Path:
     if (book_dir / book.BOOK_FILE).is_file():
         shutil.copyfile(book_dir / book.BOOK_FILE, dest / book.BOOK_FILE)
     # Markdown and PNGs only: the HTML page embeds the same figures again (megabytes).
-    files.write_text(dest / "STUDIES.md", book.to_markdown(book.load(dest, names)))
+    files.write_text(dest / "STUDIES.md", book.markdown(book.load(dest, names)))
     return dest / "STUDIES.md"
