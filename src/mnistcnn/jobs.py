@@ -77,6 +77,6 @@ def take_share(hydra: Any, on_gpu: bool) -> Share | None:
     if mine.gpu is not None and mine.gpu < cuda_count:
         torch.cuda.set_device(mine.gpu)  # "cuda" now means this GPU in this job
     gpu = f"GPU {mine.gpu_name}, " if mine.gpu is not None and on_gpu else ""
-    log.info("job %s of %d at once: %s%d torch threads", hydra.job.num, n_jobs, gpu,
+    log.info("job %s (%d jobs at once): %storch threads: %d", hydra.job.num, n_jobs, gpu,
              torch.get_num_threads())
     return mine

@@ -62,6 +62,12 @@ def record() -> dict:
             **{dist: _version(dist) for dist in LIBRARIES}}
 
 
+def short(value: object) -> object:
+    """A commit as people quote it (12 hex digits); other values as they are."""
+    is_commit = isinstance(value, str) and len(value) == 40 and value.isalnum()
+    return value[:12] if is_commit else value
+
+
 def differences(recorded: dict) -> list[str]:
     """What differs between a run's recorded provenance and the code of now, as
     "torch 2.3.0 -> 2.4.1"; a tree with uncommitted changes (then or now) counts as
@@ -69,7 +75,7 @@ def differences(recorded: dict) -> list[str]:
     now = record()
     if not any(key in recorded for key in CODE_KEYS):
         return ["no code version recorded (the run predates it)"]
-    changed = [f"{key} {recorded[key]} -> {now[key]}" for key in now
+    changed = [f"{key} {short(recorded[key])} -> {short(now[key])}" for key in now
                if key != "git_dirty" and key in recorded and recorded[key] != now[key]]
     if recorded.get("git_dirty"):
         changed.append("the run's tree had uncommitted changes")

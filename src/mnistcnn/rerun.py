@@ -56,9 +56,9 @@ def expand(args: list[str]) -> list[str]:
     chosen = {group_of(a) for a in args} - {None}
     others = sorted(chosen - set(NODE_GROUPS))
     if others:
-        raise UserError(f"rerun= starts from a saved config, which {others[0]} options would "
-                        f"change in ways it cannot follow; pass KEY=VALUE overrides, or run "
-                        f"`train` with {others[0]}=... without rerun=")
+        raise UserError(f"rerun= starts from the whole saved config of {run}, which "
+                        f"already holds what {others[0]}= set; pass KEY=VALUE overrides (or "
+                        f"{'/'.join(NODE_GROUPS)} options), or drop rerun=")
     saved = OmegaConf.load(config_path)
     for group in chosen:  # the command line's option, with its own defaults
         saved.pop(group)
