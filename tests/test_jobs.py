@@ -46,17 +46,20 @@ def test_a_users_omp_num_threads_is_kept():
 def test_joblib_n_jobs_is_read_as_joblib_reads_it(monkeypatch):
     monkeypatch.setattr(jobs, "cpu_cores", lambda: 8)
     assert [jobs.effective_jobs(n, 8) for n in (3, -1, -2, -20)] == [3, 8, 7, 1]
-    hydra = OmegaConf.create({"launcher": {"_target_": JOBLIB, "n_jobs": -1}})
+    hydra = OmegaConf.create({"mode": "MULTIRUN", "launcher": {"_target_": JOBLIB,
+                                                               "n_jobs": -1}})
     assert jobs.parallel_jobs(hydra) == 8
+    hydra.mode = "RUN"  # a single run with the launcher configured runs alone
+    assert jobs.parallel_jobs(hydra) == 1
     basic = {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
-    assert jobs.parallel_jobs(OmegaConf.create({"launcher": basic})) == 1
+    assert jobs.parallel_jobs(OmegaConf.create({"mode": "MULTIRUN", "launcher": basic})) == 1
 
 
 def test_a_job_of_a_parallel_sweep_sets_its_threads_and_says_so(monkeypatch, caplog):
     monkeypatch.setattr(jobs, "cpu_cores", lambda: 6)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # no GPU is touched on the CPU
-    hydra = OmegaConf.create({"launcher": {"_target_": JOBLIB, "n_jobs": 3},
+    hydra = OmegaConf.create({"mode": "MULTIRUN", "launcher": {"_target_": JOBLIB, "n_jobs": 3},
                               "job": {"num": 4}})
     before = torch.get_num_threads()
     try:

@@ -133,10 +133,11 @@ def test_a_diverged_run_ends_its_mlflow_run_failed(synthetic_dir, store, tmp_pat
     cfg = config(synthetic_dir, store, "optim=sgd", "optim.lr=1e12")
     with pytest.raises(UserError, match="diverged"):
         run.train_run(cfg, tmp_path)
-    _, found = the_run(store, tmp_path)
+    client, found = the_run(store, tmp_path)
     assert found.info.status == "FAILED" and found.data.tags["status"] == "diverged"
-    assert "summary.json" in {a.path for a in mlflow.MlflowClient(store).list_artifacts(
-        found.info.run_id)}
+    # Where it stopped stays in summary.json: the lr curve gains no point from it.
+    assert steps(client, found.info.run_id, "lr") == []
+    assert "summary.json" in {a.path for a in client.list_artifacts(found.info.run_id)}
 
 
 def test_a_sweep_job_is_tagged_with_its_study_and_sweep_and_named_after_its_folder(

@@ -57,9 +57,10 @@ def cpu_cores() -> int:
 
 
 def parallel_jobs(hydra: Any) -> int:
-    """How many jobs the launcher runs at once: 1 but for the joblib launcher."""
+    """How many jobs the launcher runs at once: 1 but for a multirun's joblib launcher."""
     launcher = hydra.get("launcher") or {}
-    if "joblib" not in str(launcher.get("_target_", "")).lower():
+    multirun = getattr(hydra.get("mode"), "name", hydra.get("mode")) == "MULTIRUN"
+    if not multirun or "joblib" not in str(launcher.get("_target_", "")).lower():
         return 1
     return effective_jobs(int(launcher.get("n_jobs") or 1), cpu_cores())
 

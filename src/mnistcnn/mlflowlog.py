@@ -38,6 +38,9 @@ STATUS = {"completed": "FINISHED", "failed": "FAILED", "diverged": "FAILED",
 # The run folder's files uploaded as artifacts when they exist (model.pt on request).
 ARTIFACTS = ("summary.json", "report.html", "metrics.jsonl", ".hydra/config.yaml")
 SQLITE = "sqlite:///"
+# summary.json numbers that are no final metric: the seed is a param, and a diverged run's
+# epoch, batch and lr say where it stopped (lr is a per-epoch curve already).
+NOT_FINAL = ("seed", "epoch", "batch", "lr")
 
 
 def wanted(cfg: DictConfig) -> bool:
@@ -230,7 +233,7 @@ class MLflowLog:
         step = summary.get("epochs") or self.logged
         now = int(time.time() * 1000)
         finals = [self.Metric(k, v, now, step) for k, v in numbers(summary).items()
-                  if k != "seed"]
+                  if k not in NOT_FINAL]
         status = summary.get("status", "failed")
         self.client.log_batch(self.run_id, metrics=finals,
                               tags=[self.RunTag("status", status)])

@@ -2,7 +2,9 @@
 
 RUN_DIR/.hydra/config.yaml is the whole resolved config of that run. It goes into Hydra's
 ConfigStore as the config option `rerun=saved`, merged over the defaults, with the choice of
-each config group (model, optim, ...) that its values belong to; overrides on the command
+each config group (model, optim, ...) that its values belong to where that is not the
+default one (so a sweep's job folders are named after what the command line varies, as
+`rerun` itself is left out of those names); overrides on the command
 line then apply on top, as in any `train`. So the rerun is an ordinary Hydra run (its own
 folder, schema checks, sweeps with -m), and its config is the saved one whatever the
 defaults or presets say today. Hydra's own `--experimental-rerun` replays a pickled config
@@ -19,7 +21,7 @@ import sys
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mnistcnn import files, provenance
 from mnistcnn.config import CONF_DIR
@@ -66,9 +68,19 @@ def expand(args: list[str]) -> list[str]:
     ConfigStore.instance().store(group="rerun", name="saved", package="_global_",
                                  node=OmegaConf.to_container(saved))
     warn_if_code_differs(Path(run))
-    choices = [f"{g}={saved[g].name}" for g in NODE_GROUPS if g in saved]
+    defaults = default_options()
+    choices = [f"{g}={saved[g].name}" for g in NODE_GROUPS
+               if g in saved and saved[g].name != defaults.get(g)]
     index = next(i for i, a in enumerate(args) if a.startswith("rerun="))
     return [*args[:index], *choices, f"+{OPTION}", *args[index + 1:]]
+
+
+def default_options() -> dict[str, str]:
+    """The option of each group in conf/config.yaml's defaults ({"model": "conv5x5", ...}):
+    a saved option equal to it needs no override (and no word in a job folder's name)."""
+    entries = OmegaConf.load(CONF_DIR / "config.yaml").defaults
+    return {k: v for entry in entries if isinstance(entry, DictConfig)
+            for k, v in entry.items()}
 
 
 def warn_if_code_differs(run: Path) -> None:
