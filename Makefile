@@ -11,7 +11,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e ".[dev,sweep,tensorboard]"
+	$(BIN)/pip install --quiet -e ".[dev,sweep,tensorboard,mlflow]"
 	touch $(STAMP)
 
 train: $(STAMP)

@@ -16,11 +16,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnistcnn import digits, models, plots, tblog
+from mnistcnn import digits, jobs, mlflowlog, models, plots, rerun, tblog
 from mnistcnn.compare import build as build_comparison
 from mnistcnn.compare import console_text, default_out_dir, load_runs
 from mnistcnn.compare import write as write_comparison
-from mnistcnn.config import CONF_DIR, register_configs, validate
+from mnistcnn.config import CONF_DIR, choice, register_configs, validate
 from mnistcnn.errors import UserError, exit_with
 from mnistcnn.pages import amount, pct
 from mnistcnn.run import classify, evaluate_run, resume_run, train_run, write_image_predictions
@@ -39,6 +39,7 @@ def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked without data: schema (done by compose), ranges, shapes."""
     validate(cfg)
     tblog.check_available(cfg)
+    mlflowlog.check_available(cfg)
     models.build(cfg.model, len(cfg.data.classes) if cfg.data.classes else 10)
 
 
@@ -102,6 +103,7 @@ def check_objective(sweeper: DictConfig) -> None:
 def train(cfg: DictConfig) -> float | None:
     """Train one run; in a multirun a failed job is recorded and the sweep goes on."""
     hc = HydraConfig.get()
+    jobs.take_share(hc, on_gpu=choice(cfg.trainer.device) != "cpu")
     try:
         summary = train_run(cfg, hc.runtime.output_dir)
     except UserError as e:
@@ -224,6 +226,7 @@ def console_logging(log_file: Path | None = None) -> None:
 def run_train(args: list[str]) -> None:
     from hydra._internal.utils import get_args_parser
 
+    args = rerun.expand(args)
     parsed = get_args_parser().parse_args(args)
     informational = parsed.help or parsed.hydra_help or parsed.cfg or parsed.info \
         or parsed.shell_completion
@@ -245,7 +248,8 @@ def studies(args: list[str]) -> None:
 
 
 COMMANDS = {
-    "train": (run_train, "train one run (or a sweep with -m); Hydra overrides follow"),
+    "train": (run_train, "train one run (or a sweep with -m); Hydra overrides follow; "
+                         "rerun=RUN_DIR starts from a run's saved config"),
     "summary": (summary, "print the model's layer table and parameter counts; no training"),
     "evaluate": (evaluate, "re-evaluate a finished run: evaluate run=PATH"),
     "compare": (compare, "compare run or sweep folders: compare PATH [PATH ...] [--out DIR]"),

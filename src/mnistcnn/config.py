@@ -281,7 +281,19 @@ class TensorBoardLoggerConfig(LoggerConfig):
     name: str = "tensorboard"
 
 
-LOGGER_SCHEMAS = {"none": NoLoggerConfig, "tensorboard": TensorBoardLoggerConfig}
+@dataclass
+class MLflowLoggerConfig(LoggerConfig):
+    """Each run an MLflow run: params, per-epoch metrics, final metrics, tags, artifacts."""
+
+    name: str = "mlflow"
+    # A SQLite file (relative to where the command runs) or a tracking server's URL.
+    tracking_uri: str = "sqlite:///outputs/mlflow.db"
+    experiment: str | None = None  # null = the sweep's (or outputs/runs') folder
+    log_model: bool = False  # also upload model.pt as an artifact
+
+
+LOGGER_SCHEMAS = {"none": NoLoggerConfig, "tensorboard": TensorBoardLoggerConfig,
+                  "mlflow": MLflowLoggerConfig}
 
 
 # ----------------------------------------------------------------------------- top level

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mnistcnn import data as data_mod
-from mnistcnn import files, models, report, tblog
+from mnistcnn import files, mlflowlog, models, provenance, report, tblog
 from mnistcnn.config import choice, saved_config, to_plain, validate
 from mnistcnn.engine import evaluate, fit, predict
 from mnistcnn.errors import Diverged, Interrupted, UserError
@@ -107,14 +107,17 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
                      pct(previous["test/acc"]))
             return previous
     summary = {"status": "running", "model": cfg.model.name, "seed": cfg.seed,
-               "started": _now(), "torch": torch.__version__, "host": platform.node()}
+               "started": _now(), "host": platform.node(), **provenance.record()}
+    ml = None
     try:
         validate(cfg)
         tblog.check_available(cfg)
+        mlflowlog.check_available(cfg)
         device = resolve_device(cfg.trainer.device)
         graph_off_reason(cfg, device)  # trainer.cuda_graph=true that cannot be: fail before data
         summary["device"] = str(device)
         files.write_json(summary_path, summary)
+        ml = mlflowlog.open_log(cfg, run_dir)
         seed_everything(cfg.seed, cfg.trainer.deterministic)
         t0 = time.perf_counter()
         data = data_mod.load(cfg.data, device, cfg.seed)
@@ -143,6 +146,8 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
             files.save_torch(last_path, {**training.state(), **run_identity(cfg, data)})
             if tb is not None:
                 tb.epoch(record)
+            if ml is not None:
+                ml.epoch(record)
             log.info(format_epoch(record, epochs))
             if stopper.stopped:
                 log.info(stopper.describe())
@@ -177,6 +182,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         files.write_json(summary_path, summary)
         if tb is not None:
             tb.finish(cfg, summary)
+        mlflowlog.close(ml, summary)
         # model.pt holds the kept weights; the resume state is no longer needed.
         last_path.unlink(missing_ok=True)
         log.info("test/loss %s  test/acc %s  (%d epochs, %ss training)  -> %s",
@@ -188,15 +194,18 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
     except Diverged as e:
         end_summary(summary_path, summary, status="diverged", error=str(e), epoch=e.epoch,
                     batch=e.batch, lr=e.lr)
+        mlflowlog.close(ml, summary)
         raise UserError(str(e)) from e
     except Interrupted as e:
         end_summary(summary_path, summary, status="interrupted", error=str(e),
                     epoch=e.epoch, batch=e.batch, resume=f"python -m mnistcnn train "
                     f"resume={run_dir}")
+        mlflowlog.close(ml, summary)
         log.warning("interrupted; continue with: python -m mnistcnn train resume=%s", run_dir)
         raise
     except BaseException as e:
         end_summary(summary_path, summary, status="failed", error=str(e) or type(e).__name__)
+        mlflowlog.close(ml, summary)
         raise
 
 
