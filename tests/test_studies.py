@@ -42,7 +42,8 @@ def make_run(folder: Path, seed: int, test_acc: float | None, classes=None, stud
     (folder / ".hydra" / "hydra.yaml").write_text(
         yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
     summary = {"status": "failed", "error": "CUDA out of memory", "seed": seed,
-               "device": "cpu", "torch": "2.x", "host": "box"}
+               "device": "cpu", "torch": "2.x", "train_path": "eager", "mnistcnn": "0.1.0",
+               "git_commit": "0123456789abcdef", "git_dirty": False}
     if test_acc is not None:
         summary.update({"status": "completed", "test/acc": test_acc, "test/loss": 1 - test_acc,
                         "final/train/acc": test_acc, "final/val/acc": test_acc, "epochs": 2,
@@ -123,6 +124,8 @@ def test_book_answers_every_question_from_the_runs(book_dir):
     assert "| machine | test box |" in machine and "| wall time, all studies | 1m13s |" in machine
     assert "| wall time: pooling | 1m01s |" in machine and "| device | cpu |" in machine
     assert "| command | python -m mnistcnn studies pooling neurons tiny |" in machine
+    assert "| training step | eager |" in machine and "| torch | 2.x |" in machine
+    assert "| code | mnistcnn 0.1.0, commit 0123456789ab |" in machine
 
 
 def test_a_book_of_short_runs_says_so_at_the_top(book_dir):

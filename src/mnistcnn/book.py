@@ -194,16 +194,18 @@ def answer_blocks(study: Study) -> list[Block]:
 
 
 def machine_rows(book: Book) -> list[list[str]]:
-    """Where and how long: from the runs' summaries (device, torch, the training step's
-    path: eager or CUDA graph) and book.json."""
+    """Where, with what and how long: from the runs' summaries (device, the training step's
+    path: eager or CUDA graph, the code version and library versions) and book.json."""
     summaries = [r.summary for s in book.studies if s.comparison for r in s.comparison.runs]
 
     def seen(key: str) -> str:
         return ", ".join(dict.fromkeys(str(x[key]) for x in summaries if x.get(key))) or ABSENT
 
     machine = book.record.get("machine") or platform.platform()
-    rows = [["machine", machine], ["device", seen("device")], ["torch", seen("torch")],
-            ["training step", seen("train_path")]]
+    rows = [["machine", machine], ["device", seen("device")],
+            ["training step", seen("train_path")],
+            ["code", ", ".join(dict.fromkeys(code_version(x) for x in summaries)) or ABSENT],
+            *([key, seen(key)] for key in ("python", "torch", "torchvision", "numpy"))]
     walls = book.record.get("wall_s", {})
     rows.append(["wall time, all studies", duration(sum(walls.values())) if walls else ABSENT])
     rows += [[f"wall time: {s.name}", duration(s.wall_s) if s.wall_s is not None else ABSENT]
@@ -211,6 +213,15 @@ def machine_rows(book: Book) -> list[list[str]]:
     for command in book.record.get("commands", []):
         rows.append(["command", command])
     return rows
+
+
+def code_version(summary: dict) -> str:
+    """mnistcnn's version and the commit it ran from (provenance.py), as recorded."""
+    text = f"mnistcnn {summary.get('mnistcnn') or ABSENT}"
+    if summary.get("git_commit"):
+        text += f", commit {summary['git_commit'][:12]}"
+        text += " with uncommitted changes" if summary.get("git_dirty") else ""
+    return text
 
 
 def duration(seconds: float) -> str:

@@ -33,7 +33,7 @@ CONFIG_FILE = Path(".hydra") / "config.yaml"
 # Where the data lives, where it runs, how a run is reported or resumed: two runs that
 # differ only in these ran the same experiment, so they pool into one row.
 NOT_SETTINGS = ("data.dir", "trainer.device", "trainer.cuda_graph", "trainer.eval_batch_size",
-                "report.", "resume", "logger.")
+                "report.", "resume", "logger.", "study.")
 # The summary numbers of the main table: (summary.json key, header, how to show it).
 TABLE_METRICS = [
     ("final/train/acc", "train acc (%)", "acc"),
