@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import yaml
 from conftest import ROOT, run_cli
 
 from mnistcnn import book, compare, studies
+from mnistcnn.config import CONF_DIR
 from mnistcnn.errors import UserError
 
 DIGITS = [str(d) for d in range(10)]
@@ -177,7 +180,7 @@ def test_book_html_is_self_contained(book_dir):
 
 
 def test_the_studies_are_the_presets_but_speedrun():
-    presets = {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")}
+    presets = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
     assert set(book.QUESTIONS) == presets - {"speedrun"}
 
 
@@ -243,6 +246,11 @@ def test_studies_quick_writes_the_book(quick_book):
     md = (out / "STUDIES.md").read_text()
     assert "| pooling |" in md and "## Machine and time" in md and "--quick" in md
     assert "data:image/png;base64," in (out / "studies.html").read_text()
+    # The book speaks only of itself: --out as seen from where the command ran, no host.
+    (command,) = json.loads((out / book.BOOK_FILE).read_text())["commands"]
+    typed = shlex.split(command)
+    assert typed[typed.index("--out") + 1] == os.path.relpath(out, ROOT)  # ran in ROOT
+    assert "host" not in json.loads((jobs[0] / "summary.json").read_text())
 
 
 def test_resume_reruns_only_what_is_missing(quick_book):

@@ -259,14 +259,14 @@ def best_two_test(comp: Comparison) -> list[str]:
 
 
 def machine_rows(book: Book) -> list[list[str]]:
-    """Where and how long: from the runs' summaries (device, torch, host) and book.json."""
+    """Where and how long: from the runs' summaries (device, torch) and book.json."""
     summaries = [r.summary for s in book.studies if s.comparison for r in s.comparison.runs]
 
     def seen(key: str) -> str:
         return ", ".join(dict.fromkeys(str(x[key]) for x in summaries if x.get(key))) or ABSENT
 
     machine = book.record.get("machine") or platform.platform()
-    rows = [["machine", machine], ["host", seen("host")], ["device", seen("device")],
+    rows = [["machine", machine], ["device", seen("device")],
             ["torch", seen("torch")]]
     walls = book.record.get("wall_s", {})
     rows.append(["wall time, all studies", duration(sum(walls.values())) if walls else ABSENT])

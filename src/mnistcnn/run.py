@@ -11,7 +11,6 @@ import dataclasses
 import io
 import json
 import logging
-import platform
 import signal
 import threading
 import time
@@ -109,7 +108,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
                      100 * previous["test/acc"])
             return previous
     summary = {"status": "running", "model": cfg.model.name, "seed": cfg.seed,
-               "started": _now(), "torch": torch.__version__, "host": platform.node()}
+               "started": _now(), "torch": torch.__version__}
     try:
         validate(cfg)
         tblog.check_available(cfg)

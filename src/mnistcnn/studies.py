@@ -161,7 +161,16 @@ def machine() -> str:
         models = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
                   if ln.startswith("model name")]
         cpu = models[0] if models else cpu
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {platform.system()}"
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def recorded_command(args: list[str], out: Path) -> str:
+    """The command as the book records it: --out relative to where it ran, so a book never
+    carries the absolute paths of the machine that made it."""
+    here = os.path.relpath(out)
+    typed = [f"--out={here}" if a.startswith("--out=") else a for a in args]
+    typed = [here if i and typed[i - 1] == "--out" else a for i, a in enumerate(typed)]
+    return shlex.join(["python", "-m", "mnistcnn", "studies", *typed])
 
 
 def run_studies(args: list[str]) -> None:
@@ -187,8 +196,7 @@ def run_studies(args: list[str]) -> None:
     record = files.read_json(record_path) if record_path.is_file() else {}
     record.setdefault("wall_s", {})
     record["machine"] = machine()
-    record["commands"] = [*record.get("commands", []),
-                          shlex.join(["python", "-m", "mnistcnn", "studies", *args])]
+    record["commands"] = [*record.get("commands", []), recorded_command(args, out)]
     files.write_json(record_path, record)
 
     # A resumed book reruns every run that did not complete; those that did are done.
