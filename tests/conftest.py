@@ -1,12 +1,16 @@
-"""Shared fixtures: synthetic IDX datasets written to a temp dir, and a CLI runner."""
+"""Shared fixtures: synthetic IDX datasets written to a temp dir, and two CLI runners: one in
+this process (fast: torch and Hydra are imported once) and one as a real subprocess (for what
+only a process shows: exit codes after signals, output that must not be a traceback)."""
 
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import struct
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +76,42 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "mnistcnn", *args], cwd=cwd or ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli(capfd, monkeypatch):
+    """Run `python -m mnistcnn ARGS` through its entry point in this process, as run_cli does
+    in a child: the result has the exit code, stdout and stderr. The state a run leaves in
+    the process (Hydra's global instance, the root logger's handlers, sys.argv, the working
+    folder, warning filters) is put back after each call, so calls do not see each other."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mnistcnn.__main__ import main
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # main sets it, as in a process
+
+    def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        monkeypatch.chdir(cwd or ROOT)
+        monkeypatch.setattr(sys, "argv", ["mnistcnn"])  # `train` hands its args on in argv
+        capfd.readouterr()  # what came before is not this command's output
+        code = 0
+        try:
+            with warnings.catch_warnings():
+                main(list(args))
+        except SystemExit as e:
+            if isinstance(e.code, str):  # as the interpreter does: the text, then 1
+                print(e.code, file=sys.stderr)
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        finally:
+            GlobalHydra.instance().clear()
+            for handler in root.handlers:
+                if handler not in handlers:
+                    handler.close()  # e.g. Hydra's train.log
+            root.handlers[:] = handlers
+            root.setLevel(level)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["mnistcnn", *args], code, out, err)
+
+    return run
