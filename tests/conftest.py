@@ -69,6 +69,19 @@ def synthetic_dir(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("synthetic"))
 
 
+@pytest.fixture(scope="session")
+def real_mnist_run(tmp_path_factory) -> Path:
+    """One epoch of the classic net on real MNIST, trained once for every test that needs a
+    model that has seen the real digits."""
+    if not REAL_MNIST:
+        pytest.skip("MNISTCNN_DATA_DIR is not set")
+    run = tmp_path_factory.mktemp("real_mnist") / "run"
+    result = run_cli("train", "model=classic", "trainer.epochs=1", "report.enabled=false",
+                     f"hydra.run.dir={run}", timeout=900)  # a real epoch on a busy machine
+    assert result.returncode == 0, result.stderr
+    return run
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m mnistcnn ARGS` as a user would, capturing its output."""

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import REAL_MNIST, make_dataset, run_cli
+from conftest import make_dataset, run_cli
 
 RUN_FILES = [".hydra/config.yaml", "metrics.jsonl", "summary.json", "predictions.csv", "model.pt"]
 
@@ -122,10 +122,6 @@ def test_bad_data_is_one_line_exit_2_and_no_complete_run(damage, message, tmp_pa
     assert summary["status"] == "failed" and not (tmp_path / "run" / "model.pt").exists()
 
 
-@pytest.mark.skipif(not REAL_MNIST, reason="MNISTCNN_DATA_DIR is not set")
-def test_short_real_mnist_run_reaches_95_percent(tmp_path):
-    result = run_cli("train", "model=classic", "trainer.epochs=1", "report.enabled=false",
-                     f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+def test_short_real_mnist_run_reaches_95_percent(real_mnist_run):
+    summary = json.loads((real_mnist_run / "summary.json").read_text())
     assert summary["test/acc"] >= 0.95, summary

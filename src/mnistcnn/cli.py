@@ -7,6 +7,7 @@ import itertools
 import logging
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -21,11 +22,13 @@ from mnistcnn.compare import build as build_comparison
 from mnistcnn.compare import console_text, default_out_dir, load_runs
 from mnistcnn.compare import write as write_comparison
 from mnistcnn.config import CONF_DIR, register_configs, validate
+from mnistcnn.engine import resolve_device
 from mnistcnn.errors import UserError, exit_with
 from mnistcnn.run import classify, evaluate_run, resume_run, train_run, write_image_predictions
 
 log = logging.getLogger("mnistcnn")
 register_configs()
+DEVICES = ("auto", "cpu", "cuda")  # evaluate's and predict's device=
 MAX_PRECHECKED_JOBS = 64  # sweeps larger than this are checked job by job as they start
 
 
@@ -132,6 +135,32 @@ def summary(args: list[str]) -> None:
     print(models.format_layer_table(model, title))
 
 
+def typed_device(value: str) -> str:
+    """`device=` as evaluate and predict take it, checked so that an error names what the
+    user typed (device=...) rather than the training key it stands for (trainer.device)."""
+    if value not in DEVICES:
+        raise UserError(f"device={value} is not a device; use device={'|'.join(DEVICES)}")
+    try:
+        resolve_device(value)
+    except UserError:
+        raise UserError(f"device={value} but no CUDA GPU is available; use device=cpu or "
+                        f"device=auto") from None
+    return value
+
+
+@contextmanager
+def writing_out(path: Path) -> Iterator[None]:
+    """predict writes where --out says: a failed write names --out (not hydra.run.dir, the
+    training command's way to move its files)."""
+    try:
+        yield
+    except UserError as e:
+        if not isinstance(e.__cause__, OSError):
+            raise
+        raise UserError(f"cannot write {path}: {e.__cause__.strerror or e.__cause__}; free "
+                        f"disk space or pass --out FILE.csv in a folder you can write") from None
+
+
 def evaluate(args: list[str]) -> None:
     """evaluate run=PATH [device=cpu|cuda|auto]"""
     opts = dict(a.split("=", 1) for a in args if "=" in a)
@@ -140,7 +169,7 @@ def evaluate(args: list[str]) -> None:
         raise UserError("usage: python -m mnistcnn evaluate run=PATH [device=auto|cpu|cuda]"
                         + (f" (unexpected: {' '.join(unknown)})" if unknown else ""))
     console_logging()
-    result = evaluate_run(opts["run"], opts.get("device", "auto"))
+    result = evaluate_run(opts["run"], typed_device(opts.get("device", "auto")))
     print(f"test/loss {result['test/loss']:.4f}  test/acc {100 * result['test/acc']:.2f}%  "
           f"({result['test_size']} images, {result['device']}) -> "
           f"{opts['run']}/evaluation.json, predictions.csv")
@@ -187,12 +216,13 @@ def predict(args: list[str]) -> None:
     if not read:
         raise UserError(f"no digit could be read from {' '.join(paths)}; pass PNG, JPEG or "
                         f"BMP files or folders holding them")
-    rows = classify(settings["run"], read, images, settings.get("device", "auto"))
+    rows = classify(settings["run"], read, images, typed_device(settings.get("device", "auto")))
     for row in rows:
         top = ", ".join(f"{name} {100 * p:.1f}%" for name, p in row["top"])
         print(f"{row['file']}  {row['pred']}  {100 * row['confidence']:.1f}%  top-3: {top}")
     if opts.out:
-        write_image_predictions(Path(opts.out), rows)
+        with writing_out(Path(opts.out)):
+            write_image_predictions(Path(opts.out), rows)
         print(f"-> {opts.out}")
     if opts.show:
         sheet = Path(opts.out).with_suffix(".png") if opts.out else Path("predictions.png")
@@ -201,7 +231,8 @@ def predict(args: list[str]) -> None:
                     f"{100 * r['confidence']:.0f}%" for n, r in zip(names, rows, strict=True)]
         fig = plots.gallery(images, captions,
                             f"{len(rows)} inputs as the model of {settings['run']} saw them")
-        files.atomic_write(sheet, lambda f: f.write(plots.to_png(fig)))
+        with writing_out(sheet):
+            files.atomic_write(sheet, lambda f: f.write(plots.to_png(fig)))
         print(f"-> {sheet}")
 
 
