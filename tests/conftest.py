@@ -5,12 +5,14 @@ only a process shows: exit codes after signals, output that must not be a traceb
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import struct
 import subprocess
 import sys
 import warnings
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -91,40 +93,48 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def cli(capfd, monkeypatch):
+def run_main(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `python -m mnistcnn ARGS` through its entry point in this process, as run_cli does
-    in a child: the result has the exit code, stdout and stderr. The state a run leaves in
-    the process (Hydra's global instance, the root logger's handlers, sys.argv, the working
-    folder, warning filters) is put back after each call, so calls do not see each other."""
+    in a child, and return the same kind of result: exit code, stdout, stderr. Fast (torch and
+    Hydra are imported once), so most CLI tests use it; the state a command leaves in the
+    process (Hydra's global instance, the root logger's handlers and level, sys.argv, the
+    working folder, warning filters, HYDRA_FULL_ERROR) is put back, so calls do not see each
+    other. What only a process shows (signals, exit codes after them) stays with run_cli."""
     from hydra.core.global_hydra import GlobalHydra
 
     from mnistcnn.__main__ import main
 
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # main sets it, as in a process
-
-    def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        root = logging.getLogger()
-        handlers, level = root.handlers[:], root.level
-        monkeypatch.chdir(cwd or ROOT)
-        monkeypatch.setattr(sys, "argv", ["mnistcnn"])  # `train` hands its args on in argv
-        capfd.readouterr()  # what came before is not this command's output
-        code = 0
-        try:
-            with warnings.catch_warnings():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    argv, here, full_error = sys.argv[:], os.getcwd(), os.environ.pop("HYDRA_FULL_ERROR", None)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.chdir(cwd or ROOT)
+        sys.argv = ["mnistcnn"]  # `train` hands its arguments on to Hydra in sys.argv
+        with warnings.catch_warnings(), redirect_stdout(out), redirect_stderr(err):
+            try:
                 main(list(args))
-        except SystemExit as e:
-            if isinstance(e.code, str):  # as the interpreter does: the text, then 1
-                print(e.code, file=sys.stderr)
-            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-        finally:
-            GlobalHydra.instance().clear()
-            for handler in root.handlers:
-                if handler not in handlers:
-                    handler.close()  # e.g. Hydra's train.log
-            root.handlers[:] = handlers
-            root.setLevel(level)
-        out, err = capfd.readouterr()
-        return subprocess.CompletedProcess(["mnistcnn", *args], code, out, err)
+            except SystemExit as e:
+                if isinstance(e.code, str):  # as the interpreter does: the text, then 1
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    finally:
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()  # e.g. Hydra's train.log
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        sys.argv = argv
+        os.chdir(here)
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+        if full_error is not None:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+    return subprocess.CompletedProcess(["mnistcnn", *args], code, out.getvalue(), err.getvalue())
 
-    return run
+
+@pytest.fixture
+def cli():
+    """run_main, for tests that take their runner as a fixture."""
+    return run_main

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, run_cli, write_idx
+from conftest import make_dataset, run_cli, run_main, write_idx
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -133,8 +133,8 @@ class Places:
 def places(synthetic_dir, tmp_path_factory) -> Places:
     root = tmp_path_factory.mktemp("bad_input")
     earlier = root / "earlier"
-    result = run_cli("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
-                     "trainer.epochs=1", "report.enabled=false", f"hydra.run.dir={earlier}")
+    result = run_main("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
+                      "trainer.epochs=1", "report.enabled=false", f"hydra.run.dir={earlier}")
     assert result.returncode == 0, result.stderr
     (root / "mixed").mkdir()
     ckpt = torch.load(earlier / "model.pt", weights_only=True)
@@ -159,7 +159,7 @@ def case(name: str, p: Places, tmp: Path) -> tuple[list[str], str]:
     return make(p, tmp), message
 
 
-def test_there_are_42_bad_inputs():  # the README states the count
+def test_there_are_42_bad_inputs():  # docs/robustness.md states the count
     assert len(CASES) == len(set(CASES)) == 42
 
 

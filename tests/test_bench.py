@@ -60,6 +60,7 @@ def test_the_recorded_command_has_paths_relative_to_where_it_ran(tmp_path, monke
     assert command == "python scripts/bench.py --out res --models classic --data-dir=mnist"
 
 
+@pytest.mark.slow
 def test_bench_runs_each_side_and_writes_a_well_formed_report(synthetic_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "scripts/bench.py", "--models", "classic", "--limit", "1000",

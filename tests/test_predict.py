@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import REAL_MNIST, run_cli
+from conftest import REAL_MNIST, run_cli, run_main
 from PIL import Image
 
 from mnistcnn import digits
@@ -113,9 +113,9 @@ GROUPS = "data.classes={0:[0,6],1:[1,7],2:[2,3,5,8],3:[4,9]}"
 @pytest.fixture(scope="module")
 def grouped_run(synthetic_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("grouped") / "run"
-    result = run_cli("train", f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny",
-                     "trainer.epochs=1", "trainer.device=cpu", "report.enabled=false", GROUPS,
-                     f"hydra.run.dir={run}")
+    result = run_main("train", f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny",
+                      "trainer.epochs=1", "trainer.device=cpu", "report.enabled=false", GROUPS,
+                      f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr
     return run
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_main
 
 from mnistcnn import book, compare, studies
 from mnistcnn.config import CONF_DIR
@@ -186,7 +186,7 @@ def test_the_studies_are_the_presets_but_speedrun():
 
 # ----------------------------------------------------------------------------- the command
 def test_unknown_study_is_one_line_listing_the_valid_ones(tmp_path):
-    result = run_cli("studies", "pooling", "speedrun", "--out", str(tmp_path / "b"))
+    result = run_main("studies", "pooling", "speedrun", "--out", str(tmp_path / "b"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: unknown study speedrun; choose from " + ", ".join(book.QUESTIONS)
@@ -195,7 +195,7 @@ def test_unknown_study_is_one_line_listing_the_valid_ones(tmp_path):
 
 
 def test_a_typo_in_an_override_stops_before_any_folder(tmp_path):
-    result = run_cli("studies", "pooling", "trainer.epoks=2", "--out", str(tmp_path / "b"))
+    result = run_main("studies", "pooling", "trainer.epoks=2", "--out", str(tmp_path / "b"))
     assert result.returncode == 2 and "trainer.epoks" in result.stderr
     assert not (tmp_path / "b").exists()
 
@@ -232,6 +232,7 @@ def quick_book(synthetic_dir, tmp_path_factory):
     return out, args, run_cli(*args)
 
 
+@pytest.mark.slow
 def test_studies_quick_writes_the_book(quick_book):
     out, _, result = quick_book
     assert result.returncode == 0, result.stderr
@@ -253,6 +254,7 @@ def test_studies_quick_writes_the_book(quick_book):
     assert "host" not in json.loads((jobs[0] / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_resume_reruns_only_what_is_missing(quick_book):
     out, args, first = quick_book
     assert first.returncode == 0, first.stderr
@@ -272,6 +274,7 @@ def test_resume_reruns_only_what_is_missing(quick_book):
     assert len(record["commands"]) == 2 and record["commands"][1].endswith("--resume")
 
 
+@pytest.mark.slow
 def test_a_book_folder_is_not_overwritten_without_resume(quick_book):
     out, args, _ = quick_book
     result = run_cli(*args)
