@@ -182,7 +182,8 @@ def test_sigterm_records_the_resume_command_and_it_completes_the_run(bigger_dir,
     assert watched.stop(signal.SIGTERM) == 143
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["epoch"] == 2
-    assert summary["resume"] == f"python -m mnistcnn train resume={run_dir}"
+    # The path as seen from where the command ran (ROOT), not this machine's absolute one.
+    assert summary["resume"] == f"python -m mnistcnn train resume={os.path.relpath(run_dir, ROOT)}"
     assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 1
     _python, _m, _module, *args = shlex.split(summary["resume"])
     result = run_cli(*args)

@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -99,12 +100,13 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
     `status` says how the run ended. With cfg.resume, a completed run is returned as it
     is and an interrupted one continues from its last.pt."""
     run_dir = Path(run_dir)
+    shown = os.path.relpath(run_dir)  # as seen from where the command ran: no machine paths
     summary_path = run_dir / "summary.json"
     last_path = run_dir / "last.pt"
     if cfg.get("resume") and summary_path.is_file():
         previous = files.read_json(summary_path)
         if previous.get("status") == "completed":
-            log.info("%s already completed (test/acc %.2f%%); skipped", run_dir,
+            log.info("%s already completed (test/acc %.2f%%); skipped", shown,
                      100 * previous["test/acc"])
             return previous
     summary = {"status": "running", "model": cfg.model.name, "seed": cfg.seed,
@@ -181,7 +183,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         # model.pt holds the kept weights; the resume state is no longer needed.
         last_path.unlink(missing_ok=True)
         log.info("test/loss %.4f  test/acc %.2f%%  (%d epochs, %.1fs training)  -> %s",
-                 test_loss, 100 * test_acc, len(records), summary["train_time_s"], run_dir)
+                 test_loss, 100 * test_acc, len(records), summary["train_time_s"], shown)
         log_class_findings(summary)
         return summary
     except Diverged as e:
@@ -191,8 +193,8 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
     except Interrupted as e:
         end_summary(summary_path, summary, status="interrupted", error=str(e),
                     epoch=e.epoch, batch=e.batch, resume=f"python -m mnistcnn train "
-                    f"resume={run_dir}")
-        log.warning("interrupted; continue with: python -m mnistcnn train resume=%s", run_dir)
+                    f"resume={shown}")
+        log.warning("interrupted; continue with: python -m mnistcnn train resume=%s", shown)
         raise
     except BaseException as e:
         end_summary(summary_path, summary, status="failed", error=str(e) or type(e).__name__)
