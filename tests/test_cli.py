@@ -122,6 +122,7 @@ def test_bad_data_is_one_line_exit_2_and_no_complete_run(damage, message, tmp_pa
     assert summary["status"] == "failed" and not (tmp_path / "run" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_short_real_mnist_run_reaches_95_percent(real_mnist_run):
     summary = json.loads((real_mnist_run / "summary.json").read_text())
     assert summary["test/acc"] >= 0.95, summary
