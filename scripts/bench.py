@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -43,6 +44,7 @@ MODELS = ["classic", "tiny", "conv5x5", "keras", "mobilenet"]
 SIDES = ["textbook", "lightning", "mnistcnn"]
 ACCURACY_TOLERANCE = 0.003  # a speed-up counts when mean test accuracies agree this closely
 LIGHTNING_WORKERS = 4
+PATH_OPTIONS = ("--out", "--data-dir")  # recorded relative to where the bench ran
 
 
 # ----------------------------------------------------------------------------- workers
@@ -415,6 +417,20 @@ def chosen_sides(args) -> list[str]:
     return sides
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The command as bench.md records it: its paths relative to where it ran, so a result
+    never carries the machine's own folders."""
+    typed = []
+    for i, arg in enumerate(argv):
+        option, eq, value = arg.partition("=")
+        if eq and option in PATH_OPTIONS:
+            arg = f"{option}={os.path.relpath(value)}"
+        elif i and argv[i - 1] in PATH_OPTIONS:
+            arg = os.path.relpath(arg)
+        typed.append(arg)
+    return shlex.join(["python", "scripts/bench.py", *typed])
+
+
 def main() -> None:
     args = parse_args()
     if args.worker:
@@ -422,7 +438,7 @@ def main() -> None:
         print(json.dumps(WORKERS[args.worker](args)))
         return
     sides = chosen_sides(args)
-    command = "python scripts/bench.py " + " ".join(sys.argv[1:])
+    command = recorded_command(sys.argv[1:])
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for turn, model in enumerate(args.models.split(",")):

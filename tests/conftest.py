@@ -1,12 +1,18 @@
-"""Shared fixtures: synthetic IDX datasets written to a temp dir, and a CLI runner."""
+"""Shared fixtures: synthetic IDX datasets written to a temp dir, and two CLI runners: one in
+this process (fast: torch and Hydra are imported once) and one as a real subprocess (for what
+only a process shows: exit codes after signals, output that must not be a traceback)."""
 
 from __future__ import annotations
 
 import gzip
+import io
+import logging
 import os
 import struct
 import subprocess
 import sys
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +71,19 @@ def synthetic_dir(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("synthetic"))
 
 
+@pytest.fixture(scope="session")
+def real_mnist_run(tmp_path_factory) -> Path:
+    """One epoch of the classic net on real MNIST, trained once for every test that needs a
+    model that has seen the real digits."""
+    if not REAL_MNIST:
+        pytest.skip("MNISTCNN_DATA_DIR is not set")
+    run = tmp_path_factory.mktemp("real_mnist") / "run"
+    result = run_cli("train", "model=classic", "trainer.epochs=1", "report.enabled=false",
+                     f"hydra.run.dir={run}", timeout=900)  # a real epoch on a busy machine
+    assert result.returncode == 0, result.stderr
+    return run
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m mnistcnn ARGS` as a user would, capturing its output."""
@@ -72,3 +91,50 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "mnistcnn", *args], cwd=cwd or ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_main(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m mnistcnn ARGS` through its entry point in this process, as run_cli does
+    in a child, and return the same kind of result: exit code, stdout, stderr. Fast (torch and
+    Hydra are imported once), so most CLI tests use it; the state a command leaves in the
+    process (Hydra's global instance, the root logger's handlers and level, sys.argv, the
+    working folder, warning filters, HYDRA_FULL_ERROR) is put back, so calls do not see each
+    other. What only a process shows (signals, exit codes after them) stays with run_cli."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mnistcnn.__main__ import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    argv, here, full_error = sys.argv[:], os.getcwd(), os.environ.pop("HYDRA_FULL_ERROR", None)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.chdir(cwd or ROOT)
+        sys.argv = ["mnistcnn"]  # `train` hands its arguments on to Hydra in sys.argv
+        with warnings.catch_warnings(), redirect_stdout(out), redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as e:
+                if isinstance(e.code, str):  # as the interpreter does: the text, then 1
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    finally:
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()  # e.g. Hydra's train.log
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        sys.argv = argv
+        os.chdir(here)
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+        if full_error is not None:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+    return subprocess.CompletedProcess(["mnistcnn", *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    """run_main, for tests that take their runner as a fixture."""
+    return run_main

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, run_cli, write_idx
+from conftest import make_dataset, run_cli, run_main, write_idx
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -25,34 +25,37 @@ def damaged(root: Path, name: str, damage) -> Path:
     return folder
 
 
-def data_cases(root: Path) -> list[tuple[str, list[str], str]]:
-    def truncate(d):
-        p = d / "train-images-idx3-ubyte.gz"
-        p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:5000]))
+def truncate(d):
+    p = d / "train-images-idx3-ubyte.gz"
+    p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:5000]))
 
-    def not_gzip(d):
-        (d / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b this is not gzip data")
 
-    def wrong_magic(d):
-        (d / "t10k-images-idx3-ubyte.gz").write_bytes((d / "t10k-labels-idx1-ubyte.gz")
-                                                      .read_bytes())
+def not_gzip(d):
+    (d / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b this is not gzip data")
 
-    def labels_out_of_range(d):
-        write_idx(d / "train-labels-idx1-ubyte", np.full(100, 11, np.uint8), 2049)
 
-    def counts_disagree(d):
-        write_idx(d / "train-labels-idx1-ubyte", np.zeros(90, np.uint8), 2049)
+def wrong_magic(d):
+    (d / "t10k-images-idx3-ubyte.gz").write_bytes((d / "t10k-labels-idx1-ubyte.gz")
+                                                  .read_bytes())
 
-    def empty(d):
-        for p in d.iterdir():
-            p.unlink()
 
-    cases = [("truncated", truncate, "truncated"), ("not_gzip", not_gzip, "cannot read"),
-             ("wrong_magic", wrong_magic, "not an IDX file of the expected kind"),
-             ("labels", labels_out_of_range, "has label 11; labels must be 0-9"),
-             ("counts", counts_disagree, "100 images"), ("empty", empty, "does not hold")]
-    return [(f"data: {name}", [f"data.dir={damaged(root, name, fn)}", "data.val_size=10"], msg)
-            for name, fn, msg in cases]
+def labels_out_of_range(d):
+    write_idx(d / "train-labels-idx1-ubyte", np.full(100, 11, np.uint8), 2049)
+
+
+def counts_disagree(d):
+    write_idx(d / "train-labels-idx1-ubyte", np.zeros(90, np.uint8), 2049)
+
+
+def empty(d):
+    for p in d.iterdir():
+        p.unlink()
+
+
+DATA_CASES = [("truncated", truncate, "truncated"), ("not_gzip", not_gzip, "cannot read"),
+              ("wrong_magic", wrong_magic, "not an IDX file of the expected kind"),
+              ("labels", labels_out_of_range, "has label 11; labels must be 0-9"),
+              ("counts", counts_disagree, "100 images"), ("empty", empty, "does not hold")]
 
 
 CONFIG_CASES = [
@@ -86,63 +89,91 @@ CONFIG_CASES = [
 ]
 
 
-# Asking for a GPU is a user error only where there is none: a CUDA machine leaves the
-# "no GPU" case out (tests/test_cli.py runs on the GPU there). The README states the count.
-CASES_RUN = 41 if torch.cuda.is_available() else 42
+# What each case is handed: the earlier run, a checkpoint of the wrong model, a file where a
+# folder should be, the synthetic data, and a fresh folder of its own (tmp).
+OTHER_CASES = {
+    "val_size too big": (lambda p, tmp: ["train", f"data.dir={p.synthetic}", "data.val_size=2000",
+                                         f"hydra.run.dir={tmp / 'runs' / 'val'}"],
+                         "data.val_size=2000 leaves no training images"),
+    "bad value aimed at the earlier run": (lambda p, tmp: ["train", "optim.lr=-1",
+                                                           f"hydra.run.dir={p.earlier}"],
+                                           "out of range"),
+    "unwritable output folder": (lambda p, tmp: ["train", f"data.dir={p.synthetic}",
+                                                 f"hydra.run.dir={p.a_file / 'run'}"], "a_file"),
+    "evaluate a non-run": (lambda p, tmp: ["evaluate", f"run={tmp}"], "is not a finished run"),
+    "evaluate without run=": (lambda p, tmp: ["evaluate", str(p.earlier)],
+                              "usage: python -m mnistcnn"),
+    "evaluate another model's weights": (lambda p, tmp: ["evaluate", f"run={p.mixed}"],
+                                         "checkpoint is from a different model"),
+    "resume a non-run": (lambda p, tmp: ["train", f"resume={tmp}"], "is not a run folder"),
+    "resume with other overrides": (lambda p, tmp: ["train", f"resume={p.earlier}",
+                                                    "optim.lr=0.1"],
+                                    "resume=PATH continues a run with its own config"),
+    "unknown command": (lambda p, tmp: ["fit"], "unknown command 'fit'"),
+}
+CASES = ([name for name, _, _ in CONFIG_CASES] + [f"data: {name}" for name, _, _ in DATA_CASES]
+         + list(OTHER_CASES))
+# A few cases run as real processes too: the exit code and the absence of a traceback are
+# what a process shows; one case per way out (Hydra's compose, the job, the OS, dispatch).
+IN_A_PROCESS = {"unknown model", "data: truncated", "unwritable output folder",
+                "unknown command"}
+
+
+@dataclass
+class Places:
+    earlier: Path  # a finished run that no bad input may touch
+    before: dict[str, str]  # its files' digests
+    synthetic: Path
+    mixed: Path  # a checkpoint whose weights belong to another model than its config says
+    a_file: Path  # a file where a folder should be
+    damaged: dict[str, Path]  # a data folder per DATA_CASES entry
 
 
 @pytest.fixture(scope="module")
-def earlier_run(synthetic_dir, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("earlier") / "run"
-    result = run_cli("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
-                     "trainer.epochs=1", "report.enabled=false", f"hydra.run.dir={run_dir}")
+def places(synthetic_dir, tmp_path_factory) -> Places:
+    root = tmp_path_factory.mktemp("bad_input")
+    earlier = root / "earlier"
+    result = run_main("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
+                      "trainer.epochs=1", "report.enabled=false", f"hydra.run.dir={earlier}")
     assert result.returncode == 0, result.stderr
-    return run_dir
-
-
-def test_malformed_inputs(earlier_run, synthetic_dir, tmp_path):
-    before = digest(earlier_run)
-    # A checkpoint whose weights belong to another model than its config says.
-    mixed = tmp_path / "mixed"
-    mixed.mkdir()
-    ckpt = torch.load(earlier_run / "model.pt", weights_only=True)
+    (root / "mixed").mkdir()
+    ckpt = torch.load(earlier / "model.pt", weights_only=True)
     ckpt["config"]["model"] = {**ckpt["config"]["model"], "channels": [8, 8, 8]}
-    torch.save(ckpt, mixed / "model.pt")
-    a_file = tmp_path / "a_file"
-    a_file.write_text("not a folder")
+    torch.save(ckpt, root / "mixed" / "model.pt")
+    (root / "a_file").write_text("not a folder")
+    return Places(earlier, digest(earlier), synthetic_dir, root / "mixed", root / "a_file",
+                  {name: damaged(root / "data", name, fn) for name, fn, _ in DATA_CASES})
 
-    cases = [(name, ["train", *args, f"hydra.run.dir={tmp_path / 'runs' / str(i)}",
-                     f"hydra.sweep.dir={tmp_path / 'sweeps' / str(i)}"], message)
-             for i, (name, args, message) in enumerate(CONFIG_CASES + data_cases(tmp_path))
-             if not (name == "no GPU" and torch.cuda.is_available())]
-    cases += [
-        ("val_size too big", ["train", f"data.dir={synthetic_dir}", "data.val_size=2000",
-                              f"hydra.run.dir={tmp_path / 'runs' / 'val'}"],
-         "data.val_size=2000 leaves no training images"),
-        ("bad value aimed at the earlier run", ["train", "optim.lr=-1",
-                                                f"hydra.run.dir={earlier_run}"], "out of range"),
-        ("unwritable output folder", ["train", f"data.dir={synthetic_dir}",
-                                      f"hydra.run.dir={a_file / 'run'}"], "a_file"),
-        ("evaluate a non-run", ["evaluate", f"run={tmp_path}"], "is not a finished run"),
-        ("evaluate without run=", ["evaluate", str(earlier_run)], "usage: python -m mnistcnn"),
-        ("evaluate another model's weights", ["evaluate", f"run={mixed}"],
-         "checkpoint is from a different model"),
-        ("resume a non-run", ["train", f"resume={tmp_path}"], "is not a run folder"),
-        ("resume with other overrides", ["train", f"resume={earlier_run}", "optim.lr=0.1"],
-         "resume=PATH continues a run with its own config"),
-        ("unknown command", ["fit"], "unknown command 'fit'"),
-    ]
-    assert len(cases) == CASES_RUN
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = list(pool.map(lambda c: run_cli(*c[1], cwd=tmp_path), cases))
-    problems = []
-    for (name, args, message), result in zip(cases, results, strict=True):
-        err = result.stderr.strip()
-        ok = (result.returncode == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
-              and message in err and "Traceback" not in err + result.stdout)
-        if not ok:
-            problems.append(f"{name}: {args}\n  rc={result.returncode}\n  stderr={err[-600:]}")
-    assert not problems, "\n".join(problems)
-    assert digest(earlier_run) == before
+
+def case(name: str, p: Places, tmp: Path) -> tuple[list[str], str]:
+    """The command line of a case and the text its one error line must hold."""
+    keep_out = [f"hydra.run.dir={tmp / 'runs' / 'run'}", f"hydra.sweep.dir={tmp / 'sweeps'}"]
+    for config_name, args, message in CONFIG_CASES:
+        if name == config_name:
+            return ["train", *args, *keep_out], message
+    for data_name, _, message in DATA_CASES:
+        if name == f"data: {data_name}":
+            return ["train", f"data.dir={p.damaged[data_name]}", "data.val_size=10",
+                    *keep_out], message
+    make, message = OTHER_CASES[name]
+    return make(p, tmp), message
+
+
+def test_there_are_42_bad_inputs():  # docs/robustness.md states the count
+    assert len(CASES) == len(set(CASES)) == 42
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_bad_input_is_one_line_and_exit_2(name, places, cli, tmp_path):
+    if name == "no GPU" and torch.cuda.is_available():
+        pytest.skip("trainer.device=cuda is no error on a machine with a GPU "
+                    "(tests/test_cli.py runs on it there)")
+    args, message = case(name, places, tmp_path)
+    result = run_cli(*args, cwd=tmp_path) if name in IN_A_PROCESS else cli(*args, cwd=tmp_path)
+    err = result.stderr.strip()
+    assert result.returncode == 2, err[-600:]
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err[-600:]
+    assert message in err and "Traceback" not in err + result.stdout
+    assert digest(places.earlier) == places.before
     for run_dir in (tmp_path / "runs").glob("*"):  # no run folder that looks complete
         assert not (run_dir / "model.pt").exists()

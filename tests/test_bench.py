@@ -53,6 +53,14 @@ def test_speedup_is_steady_speed_and_accuracy_must_agree():
     assert bench.speedups(sides)["textbook"]["accuracy_agrees"]
 
 
+def test_the_recorded_command_has_paths_relative_to_where_it_ran(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    command = bench.recorded_command(["--out", str(tmp_path / "res"), "--models", "classic",
+                                      f"--data-dir={tmp_path / 'mnist'}"])
+    assert command == "python scripts/bench.py --out res --models classic --data-dir=mnist"
+
+
+@pytest.mark.slow
 def test_bench_runs_each_side_and_writes_a_well_formed_report(synthetic_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "scripts/bench.py", "--models", "classic", "--limit", "1000",
@@ -63,6 +71,7 @@ def test_bench_runs_each_side_and_writes_a_well_formed_report(synthetic_dir, tmp
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "bench.json").read_text())
     assert {"machine", "command", "settings", "results"} <= set(report)
+    assert " /" not in report["command"]  # no absolute path of this machine
     assert report["settings"]["limit"] == 1000 and report["settings"]["epochs"] == 2
     (row,) = report["results"]
     assert row["model"] == "classic" and "lightning" not in row

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import REAL_MNIST, make_dataset, run_cli
+from conftest import make_dataset, run_cli, run_main
 
 RUN_FILES = [".hydra/config.yaml", "metrics.jsonl", "summary.json", "predictions.csv", "model.pt"]
 
@@ -14,8 +14,8 @@ RUN_FILES = [".hydra/config.yaml", "metrics.jsonl", "summary.json", "predictions
 def train(run_dir, data_dir, *overrides, device="cpu", cwd=None):
     """A one-epoch run; on the CPU unless asked otherwise, since these tests expect CPU
     behaviour (device "cpu", bit-equal repeats)."""
-    return run_cli("train", f"data.dir={data_dir}", "data.val_size=200", "trainer.epochs=1",
-                   f"trainer.device={device}", f"hydra.run.dir={run_dir}", *overrides, cwd=cwd)
+    return run_main("train", f"data.dir={data_dir}", "data.val_size=200", "trainer.epochs=1",
+                    f"trainer.device={device}", f"hydra.run.dir={run_dir}", *overrides, cwd=cwd)
 
 
 @pytest.mark.parametrize("model", ["conv5x5", "keras", "classic", "tiny", "mobilenet"])
@@ -51,7 +51,7 @@ def test_evaluate_reproduces_the_test_metrics(synthetic_dir, tmp_path):
     assert train(tmp_path / "run", synthetic_dir, "model=classic",
                  "report.enabled=false").returncode == 0
     before = (tmp_path / "run" / "predictions.csv").read_text()
-    result = run_cli("evaluate", f"run={tmp_path / 'run'}", "device=cpu")
+    result = run_main("evaluate", f"run={tmp_path / 'run'}", "device=cpu")
     assert result.returncode == 0, result.stderr
     evaluation = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -76,7 +76,7 @@ def test_a_cuda_run_completes_on_the_gpu_and_repeats_closely(synthetic_dir, tmp_
     for a, b in zip(first, second, strict=True):
         for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-3), key
-    result = run_cli("evaluate", f"run={tmp_path / 'a'}", "device=cuda")
+    result = run_main("evaluate", f"run={tmp_path / 'a'}", "device=cuda")
     assert result.returncode == 0, result.stderr
     evaluation = json.loads((tmp_path / "a" / "evaluation.json").read_text())
     assert evaluation["device"] == "cuda"
@@ -84,9 +84,9 @@ def test_a_cuda_run_completes_on_the_gpu_and_repeats_closely(synthetic_dir, tmp_
 
 
 def test_small_multirun_puts_each_job_in_the_sweep_folder(synthetic_dir, tmp_path):
-    result = run_cli("train", "-m", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
-                     "trainer.epochs=1", "report.enabled=false", "model.activation=relu,tanh",
-                     f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    result = run_main("train", "-m", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
+                      "trainer.epochs=1", "report.enabled=false", "model.activation=relu,tanh",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert result.returncode == 0, result.stderr
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert len(jobs) == 2
@@ -101,7 +101,7 @@ def test_summary_and_cfg_job_need_no_data(tmp_path):
     result = run_cli("summary", "model=mobilenet", cwd=tmp_path,
                      env={"MNISTCNN_DATA_DIR": "/nonexistent"})
     assert result.returncode == 0 and "total params:" in result.stdout
-    result = run_cli("train", "--cfg", "job", "model=keras", cwd=tmp_path)
+    result = run_main("train", "--cfg", "job", "model=keras", cwd=tmp_path)
     assert result.returncode == 0 and "conv_layers: 2" in result.stdout
     assert not (tmp_path / "outputs").exists()
 
@@ -122,10 +122,7 @@ def test_bad_data_is_one_line_exit_2_and_no_complete_run(damage, message, tmp_pa
     assert summary["status"] == "failed" and not (tmp_path / "run" / "model.pt").exists()
 
 
-@pytest.mark.skipif(not REAL_MNIST, reason="MNISTCNN_DATA_DIR is not set")
-def test_short_real_mnist_run_reaches_95_percent(tmp_path):
-    result = run_cli("train", "model=classic", "trainer.epochs=1", "report.enabled=false",
-                     f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+@pytest.mark.slow
+def test_short_real_mnist_run_reaches_95_percent(real_mnist_run):
+    summary = json.loads((real_mnist_run / "summary.json").read_text())
     assert summary["test/acc"] >= 0.95, summary

@@ -207,3 +207,9 @@ def test_default_out_dir_rebuilds_a_sweep_in_place(tmp_path):
     make_run(tmp_path / "sweep" / "0_a", config())
     assert compare.default_out_dir([tmp_path / "sweep"]) == tmp_path / "sweep"
     assert "comparisons" in str(compare.default_out_dir([tmp_path / "sweep" / "0_a"]))
+
+
+def test_a_run_outside_the_comparison_is_named_from_where_the_command_ran(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert compare._where(tmp_path / "runs" / "a", tmp_path / "cmp") == "runs/a"
+    assert compare._where(tmp_path / "cmp" / "0_seed=1", tmp_path / "cmp") == "0_seed=1"

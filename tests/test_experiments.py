@@ -84,6 +84,7 @@ def test_the_tiny_study_arms():
     assert arm("tiny_4classes").trainer.batch_size == 20
 
 
+@pytest.mark.slow
 def test_a_preset_runs_with_its_quick_switch(synthetic_dir, tmp_path):
     result = run_cli("train", "-m", "+experiment=pooling", "quick=on", f"data.dir={synthetic_dir}",
                      "data.val_size=200", "report.enabled=false", f"hydra.sweep.dir={tmp_path}",

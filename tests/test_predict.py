@@ -4,11 +4,16 @@ synthetic run with class groups, and real test digits on a model trained on real
 from __future__ import annotations
 
 import csv
+import io
 import json
+import struct
+import warnings
+import zlib
 
 import numpy as np
 import pytest
-from conftest import REAL_MNIST, run_cli
+import torch
+from conftest import REAL_MNIST, run_cli, run_main
 from PIL import Image
 
 from mnistcnn import digits
@@ -80,6 +85,27 @@ def test_inputs_that_give_no_digit_say_why(tmp_path):
                         f"{tmp_path / 'missing.png'}: no such file or folder"]
 
 
+def png_claiming(path, width: int, height: int) -> None:
+    """A small PNG whose header claims width x height pixels, as a huge image's would."""
+    buf = io.BytesIO()
+    Image.new("L", (4, 4)).save(buf, "PNG")
+    png = bytearray(buf.getvalue())
+    png[16:24] = struct.pack(">II", width, height)  # IHDR's width and height
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))  # and its checksum
+    path.write_bytes(bytes(png))
+
+
+def test_a_huge_image_is_skipped_like_any_unreadable_one(tmp_path):
+    png_claiming(tmp_path / "huge.png", 20000, 12000)  # past twice PIL's limit: an error
+    png_claiming(tmp_path / "big.png", 10000, 10000)  # past the limit: a warning in PIL
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning escapes either
+        read, _, problems = digits.read_all([tmp_path / "huge.png", tmp_path / "big.png"])
+    assert read == [] and len(problems) == 2
+    for name, problem in zip(("huge.png", "big.png"), problems, strict=True):
+        assert problem.startswith(f"{tmp_path / name}: too large to read safely"), problem
+
+
 # ----------------------------------------------------------------------------- the command
 GROUPS = "data.classes={0:[0,6],1:[1,7],2:[2,3,5,8],3:[4,9]}"
 
@@ -87,9 +113,9 @@ GROUPS = "data.classes={0:[0,6],1:[1,7],2:[2,3,5,8],3:[4,9]}"
 @pytest.fixture(scope="module")
 def grouped_run(synthetic_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("grouped") / "run"
-    result = run_cli("train", f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny",
-                     "trainer.epochs=1", "trainer.device=cpu", "report.enabled=false", GROUPS,
-                     f"hydra.run.dir={run}")
+    result = run_main("train", f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny",
+                      "trainer.epochs=1", "trainer.device=cpu", "report.enabled=false", GROUPS,
+                      f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr
     return run
 
@@ -103,18 +129,21 @@ def synthetic_digit_files(folder, synthetic_dir, n=3):
 
 
 def test_predict_prints_writes_and_shows_and_skips_bad_inputs(grouped_run, synthetic_dir,
-                                                              tmp_path):
+                                                              cli, tmp_path):
     synthetic_digit_files(tmp_path / "good", synthetic_dir)
     (tmp_path / "good" / "broken.png").write_bytes(b"\x89PNG but cut short")
+    png_claiming(tmp_path / "good" / "huge.png", 20000, 12000)
     (tmp_path / "empty").mkdir()
     out = tmp_path / "preds.csv"
-    result = run_cli("predict", f"run={grouped_run}", "device=cpu", str(tmp_path / "good"),
-                     str(tmp_path / "empty"), "--out", str(out), "--show")
+    result = cli("predict", f"run={grouped_run}", "device=cpu", str(tmp_path / "good"),
+                 str(tmp_path / "empty"), "--out", str(out), "--show")
     assert result.returncode == 0, result.stderr
-    warnings = result.stderr.strip().splitlines()
-    assert len(warnings) == 2 and "Traceback" not in result.stderr
-    assert "broken.png: not a readable image" in warnings[0]
-    assert f"{tmp_path / 'empty'}: no png" in warnings[1]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3 and "Traceback" not in result.stderr
+    assert "broken.png: not a readable image" in lines[0]
+    assert lines[1].startswith(f"warning: {tmp_path / 'good' / 'huge.png'}: too large")
+    assert lines[1].endswith("; skipped")
+    assert f"{tmp_path / 'empty'}: no png" in lines[2]
     names = json.loads((grouped_run / "summary.json").read_text())
     assert names["status"] == "completed"
     lines = [line for line in result.stdout.splitlines() if "top-3:" in line]
@@ -141,10 +170,30 @@ def test_predict_with_nothing_readable_is_one_line_and_exit_2(grouped_run, tmp_p
     assert result.stdout == ""
 
 
-def test_predict_without_a_run_is_a_usage_line(tmp_path):
-    result = run_cli("predict", str(tmp_path))
+def test_predict_without_a_run_is_a_usage_line(cli, tmp_path):
+    result = cli("predict", str(tmp_path))
     assert result.returncode == 2 and "usage: python -m mnistcnn predict run=PATH" in \
         result.stderr
+
+
+@pytest.mark.parametrize("typed, says", [
+    (["device=tpu"], "error: device=tpu is not a device; use device=auto|cpu|cuda"),
+    (["device=cuda"],
+     "error: device=cuda but no CUDA GPU is available; use device=cpu or device=auto"),
+    (["--out", "{tmp}/no/such/folder/p.csv"],
+     "error: cannot write {tmp}/no/such/folder/p.csv: No such file or directory; free disk "
+     "space or pass --out FILE.csv in a folder you can write"),
+])
+def test_predict_errors_name_what_the_user_typed(typed, says, grouped_run, synthetic_dir, cli,
+                                                  tmp_path):
+    if typed == ["device=cuda"] and torch.cuda.is_available():
+        pytest.skip("device=cuda is no error on a machine with a GPU")
+    synthetic_digit_files(tmp_path / "good", synthetic_dir, n=1)
+    typed = [t.format(tmp=tmp_path) for t in typed]
+    result = cli("predict", f"run={grouped_run}", str(tmp_path / "good"), *typed)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [says.format(tmp=tmp_path)]
+    assert "trainer.device" not in result.stderr and "hydra" not in result.stderr
 
 
 # ----------------------------------------------------------------------------- real digits
@@ -164,19 +213,15 @@ def real_variants(folder, images: np.ndarray, labels: np.ndarray) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_MNIST, reason="MNISTCNN_DATA_DIR is not set")
-def test_real_test_digits_as_files_are_recognised(tmp_path):
-    run = tmp_path / "run"
-    result = run_cli("train", "model=classic", "trainer.epochs=1", "trainer.device=cpu",
-                     "report.enabled=false", f"hydra.run.dir={run}")
-    assert result.returncode == 0, result.stderr
+def test_real_test_digits_as_files_are_recognised(real_mnist_run, cli, tmp_path):
     folder = tmp_path / "digits"
     folder.mkdir()
     n = 20
     images = read_idx(f"{REAL_MNIST}/t10k-images-idx3-ubyte.gz", 2051).numpy()[:n]
     labels = read_idx(f"{REAL_MNIST}/t10k-labels-idx1-ubyte.gz", 2049).numpy()[:n]
     real_variants(folder, images, labels)
-    result = run_cli("predict", f"run={run}", str(folder), "--out", str(tmp_path / "p.csv"))
+    result = cli("predict", f"run={real_mnist_run}", str(folder), "--out",
+                 str(tmp_path / "p.csv"))
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.DictReader(f))

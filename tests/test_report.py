@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, run_cli, synthetic_images, write_idx
+from conftest import make_dataset, run_main, synthetic_images, write_idx
 from PIL import Image
 from sklearn.metrics import classification_report
 
@@ -24,7 +24,7 @@ from mnistcnn.engine import predict
 from mnistcnn.errors import UserError
 from mnistcnn.run import log_class_findings, write_predictions
 
-# The README's list of plots/*.png: the code must draw exactly these.
+# docs/run-folder.md's list of plots/*.png: the code must draw exactly these.
 PLOTS = ["loss", "accuracy", "confusion", "errors", "correct", "filters_first", "filters_last",
          "feature_maps", "embedding"]
 GROUPS = "{0:[0,6],1:[1,7],2:[2,3,5,8],3:[4,9]}"
@@ -45,9 +45,9 @@ def trained(synthetic_dir, tmp_path_factory):
     """A short tiny-model run on synthetic data: 300 training images, so it still errs."""
     run_dir = tmp_path_factory.mktemp("report") / "run"
     # On the CPU: evaluate (on the CPU) must rebuild the same files byte for byte.
-    result = run_cli("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
-                     "data.limit=300", "trainer.epochs=1", "report.tsne_samples=200",
-                     "trainer.device=cpu", f"hydra.run.dir={run_dir}")
+    result = run_main("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
+                      "data.limit=300", "trainer.epochs=1", "report.tsne_samples=200",
+                      "trainer.device=cpu", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     return run_dir, result
 
@@ -132,9 +132,9 @@ def test_never_predicted_classes_are_called_out_in_console_and_report(tmp_path):
     labels = read_idx(folder / "train-labels-idx1-ubyte.gz", LABEL_MAGIC).numpy()
     write_idx(folder / "train-labels-idx1-ubyte", np.where(labels == 9, 4, labels), 2049)
     run_dir = tmp_path / "run"
-    result = run_cli("train", "model=classic", f"data.dir={folder}", "data.val_size=200",
-                     "trainer.epochs=1", "report.plots=[confusion]", "trainer.device=cpu",
-                     f"hydra.run.dir={run_dir}")
+    result = run_main("train", "model=classic", f"data.dir={folder}", "data.val_size=200",
+                      "trainer.epochs=1", "report.plots=[confusion]", "trainer.device=cpu",
+                      f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     never = files.read_json(run_dir / "summary.json")["test/never_predicted"]
     assert "9" in never
@@ -149,7 +149,7 @@ def test_evaluate_rebuilds_the_same_confusion_csv(trained):
     before = (run_dir / "confusion.csv").read_text()
     for name in FILES:
         (run_dir / name).unlink()
-    result = run_cli("evaluate", f"run={run_dir}", "device=cpu")
+    result = run_main("evaluate", f"run={run_dir}", "device=cpu")
     assert result.returncode == 0, result.stderr
     assert all((run_dir / name).is_file() for name in FILES)
     assert (run_dir / "confusion.csv").read_text() == before
@@ -160,9 +160,9 @@ def test_evaluate_rebuilds_the_same_confusion_csv(trained):
 
 def test_grouped_classes_survive_the_csv_round_trip(synthetic_dir, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
-                     "data.limit=300", "trainer.epochs=1", "report.enabled=false",
-                     f"data.classes={GROUPS}", f"hydra.run.dir={run_dir}")
+    result = run_main("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
+                      "data.limit=300", "trainer.epochs=1", "report.enabled=false",
+                      f"data.classes={GROUPS}", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     names = ["{0,6}", "{1,7}", "{2,3,5,8}", "{4,9}"]
     tables = {name: read_csv(run_dir / name) for name in

@@ -21,7 +21,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, make_dataset, run_cli
+from conftest import ROOT, make_dataset, run_cli, run_main
 
 from mnistcnn import errors, files
 from mnistcnn.cli import compose_config
@@ -127,6 +127,7 @@ def epochs_written(run_dir) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(bigger_dir, reference,
                                                                    tmp_path):
     killed = tmp_path / "killed"
@@ -144,6 +145,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(bigger_dir, r
     assert not (killed / "last.pt").exists()  # model.pt has the final weights
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_batch_in_flight_with_exit_130(bigger_dir, tmp_path):
     run_dir = tmp_path / "run"
     watched = Watched(train_args(bigger_dir, run_dir), tmp_path / "stdout.log")
@@ -157,6 +159,7 @@ def test_ctrl_c_stops_after_the_batch_in_flight_with_exit_130(bigger_dir, tmp_pa
     assert epochs_written(run_dir) == 0 and not (run_dir / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once():
     before = signal.getsignal(signal.SIGINT)
     with StopOnSignal() as stop:
@@ -171,6 +174,7 @@ def test_a_second_ctrl_c_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+@pytest.mark.slow
 def test_sigterm_records_the_resume_command_and_it_completes_the_run(bigger_dir, tmp_path):
     run_dir = tmp_path / "run"
     watched = Watched(train_args(bigger_dir, run_dir), tmp_path / "stdout.log")
@@ -178,7 +182,8 @@ def test_sigterm_records_the_resume_command_and_it_completes_the_run(bigger_dir,
     assert watched.stop(signal.SIGTERM) == 143
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["epoch"] == 2
-    assert summary["resume"] == f"python -m mnistcnn train resume={run_dir}"
+    # The path as seen from where the command ran (ROOT), not this machine's absolute one.
+    assert summary["resume"] == f"python -m mnistcnn train resume={os.path.relpath(run_dir, ROOT)}"
     assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 1
     _python, _m, _module, *args = shlex.split(summary["resume"])
     result = run_cli(*args)
@@ -190,9 +195,9 @@ def test_sigterm_records_the_resume_command_and_it_completes_the_run(bigger_dir,
 
 
 def test_divergence_is_recorded_and_reported_on_one_line(synthetic_dir, tmp_path):
-    result = run_cli("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
-                     "optim=sgd", "optim.lr=1e12", "report.enabled=false",
-                     f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_main("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
+                      "optim=sgd", "optim.lr=1e12", "report.enabled=false",
+                      f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert result.stderr.startswith("error: training diverged: non-finite loss in epoch 1")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -231,16 +236,17 @@ class RunsCode:
 
 def test_a_checkpoint_that_would_run_code_is_refused_unrun(synthetic_dir, tmp_path):
     run_dir = tmp_path / "run"
-    assert run_cli("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
-                   "trainer.epochs=1", "report.enabled=false",
-                   f"hydra.run.dir={run_dir}").returncode == 0
+    assert run_main("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
+                    "trainer.epochs=1", "report.enabled=false",
+                    f"hydra.run.dir={run_dir}").returncode == 0
     with open(run_dir / "model.pt", "wb") as f:
         pickle.dump({"model": RunsCode(), "config": {}}, f)
-    result = run_cli("evaluate", f"run={run_dir}", cwd=tmp_path)
+    result = run_main("evaluate", f"run={run_dir}", cwd=tmp_path)  # PWNED would land here
     assert result.returncode == 2 and "cannot be loaded safely" in result.stderr
     assert not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.slow
 def test_sweep_resume_skips_completed_and_continues_the_interrupted_job(bigger_dir, reference,
                                                                        tmp_path):
     sweep = tmp_path / "sweep"

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_main
 
 from mnistcnn import data as data_mod
 from mnistcnn import engine, errors, models, training_setup
@@ -92,8 +92,8 @@ def test_train_loss_can_be_watched_without_a_val_split():
 
 
 def test_val_monitor_without_val_split_is_one_line_before_any_run_folder(tmp_path):
-    result = run_cli("train", "data.val_size=0", "trainer.early_stop.patience=2",
-                     f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_main("train", "data.val_size=0", "trainer.early_stop.patience=2",
+                      f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "trainer.early_stop.monitor=train/loss" in result.stderr
@@ -196,9 +196,9 @@ def test_plateau_in_the_loop_halves_the_rate_exactly_when_the_monitor_stalls(syn
 
 # ----------------------------------------------------------------------------- whole runs
 def train(run_dir, data_dir, *overrides):
-    return run_cli("train", f"data.dir={data_dir}", "data.val_size=200", "model=tiny",
-                   "trainer.device=cpu", "report.plots=[loss,accuracy]",
-                   f"hydra.run.dir={run_dir}", *overrides)
+    return run_main("train", f"data.dir={data_dir}", "data.val_size=200", "model=tiny",
+                    "trainer.device=cpu", "report.plots=[loss,accuracy]",
+                    f"hydra.run.dir={run_dir}", *overrides)
 
 
 def test_keep_best_scores_and_saves_the_best_epochs_weights(synthetic_dir, tmp_path):
@@ -218,10 +218,10 @@ def test_keep_best_scores_and_saves_the_best_epochs_weights(synthetic_dir, tmp_p
 
 
 def test_an_early_stopped_run_records_it_and_a_sweep_shows_epochs_run(synthetic_dir, tmp_path):
-    result = run_cli("train", "-m", f"data.dir={synthetic_dir}", "data.val_size=200",
-                     "model=tiny", "data.limit=500", "trainer.epochs=6",
-                     "report.enabled=false", *NO_IMPROVEMENT,
-                     "trainer.early_stop.patience=1,2", f"hydra.sweep.dir={tmp_path}")
+    result = run_main("train", "-m", f"data.dir={synthetic_dir}", "data.val_size=200",
+                      "model=tiny", "data.limit=500", "trainer.epochs=6",
+                      "report.enabled=false", *NO_IMPROVEMENT,
+                      "trainer.early_stop.patience=1,2", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     summaries = sorted((json.loads(p.read_text()) for p in tmp_path.glob("*/summary.json")),
                        key=lambda s: s["epochs"])

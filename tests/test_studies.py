@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_main
 
 from mnistcnn import book, compare, studies, study_files
+from mnistcnn.config import CONF_DIR
 from mnistcnn.errors import UserError
 
 DIGITS = [str(d) for d in range(10)]
@@ -152,7 +155,7 @@ def test_book_html_is_self_contained(book_dir):
 
 
 def test_the_studies_are_the_presets_with_a_study_block():
-    presets = {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")}
+    presets = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
     assert study_files.preset_names() == PRESETS == sorted(presets - {"speedrun"})
 
 
@@ -179,7 +182,7 @@ def test_a_book_rebuilds_from_its_small_files_alone(book_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- the command
 def test_unknown_study_is_one_line_listing_the_valid_ones(tmp_path):
-    result = run_cli("studies", "pooling", "speedrun", "--out", str(tmp_path / "b"))
+    result = run_main("studies", "pooling", "speedrun", "--out", str(tmp_path / "b"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: unknown study speedrun; choose from " + ", ".join(PRESETS)
@@ -188,7 +191,7 @@ def test_unknown_study_is_one_line_listing_the_valid_ones(tmp_path):
 
 
 def test_a_typo_in_an_override_stops_before_any_folder(tmp_path):
-    result = run_cli("studies", "pooling", "trainer.epoks=2", "--out", str(tmp_path / "b"))
+    result = run_main("studies", "pooling", "trainer.epoks=2", "--out", str(tmp_path / "b"))
     assert result.returncode == 2 and "trainer.epoks" in result.stderr
     assert not (tmp_path / "b").exists()
 
@@ -333,6 +336,11 @@ def test_studies_quick_writes_the_book(quick_book):
     assert "data:image/png;base64," in (out / "studies.html").read_text()
     record = json.loads((out / book.BOOK_FILE).read_text())
     assert list(record["studies"]) == ["pooling", "dropout"]
+    # The book speaks only of itself: --out as seen from where the command ran, no host.
+    command = json.loads((out / book.BOOK_FILE).read_text())["commands"][-1]
+    typed = shlex.split(command)
+    assert typed[typed.index("--out") + 1] == os.path.relpath(out, ROOT)  # ran in ROOT
+    assert "host" not in json.loads((jobs_of(out / "pooling")[0] / "summary.json").read_text())
 
 
 @pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)

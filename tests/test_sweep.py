@@ -18,7 +18,7 @@ from mnistcnn.__main__ import main
 from mnistcnn.cli import compose_config, precheck
 from mnistcnn.errors import UserError
 
-# The README's list of what a multirun writes into its sweep folder.
+# docs/sweeps-and-studies.md's list of what a multirun writes into its sweep folder.
 OUTPUT_FILES = ["comparison.md", "comparison.csv", "comparison.html", "curves_acc.png",
                 "curves_loss.png", "test_acc.png"]
 # The cheapest study model, one epoch on 500 images, no per-run report: about a second a job.
@@ -65,6 +65,7 @@ def grid(synthetic_dir, tmp_path_factory):
     return sweep_dir, result
 
 
+@pytest.mark.slow
 def test_a_2x2_sweep_writes_the_comparison_with_4_rows(grid):
     sweep_dir, result = grid
     for name in OUTPUT_FILES:
@@ -83,6 +84,7 @@ def test_a_2x2_sweep_writes_the_comparison_with_4_rows(grid):
     assert "| model.pool | model.hidden |" in result.stdout  # the table ends the sweep's output
 
 
+@pytest.mark.slow
 def test_compare_on_two_single_runs_names_the_differing_key(grid, tmp_path, capsys):
     sweep_dir, _ = grid
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and "hidden=20" in p.name)
@@ -109,6 +111,7 @@ def buggy(synthetic_dir, tmp_path_factory):
                             cli=BUGGY_CLI)
 
 
+@pytest.mark.slow
 def test_seeds_pool_into_mean_std_with_n_2(buggy):
     sweep_dir, _ = buggy
     completed = [r for r in table(sweep_dir) if r["status"] == "completed"]
@@ -118,6 +121,7 @@ def test_seeds_pool_into_mean_std_with_n_2(buggy):
     assert md.count(" ± ") >= 2 * 6  # train/val/test acc, loss, recall, time per row
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_a_row_and_the_sweep_exits_non_zero(buggy):
     sweep_dir, result = buggy
     failed = [r for r in table(sweep_dir) if r["status"] != "completed"]
@@ -130,6 +134,7 @@ def test_a_failed_job_is_a_row_and_the_sweep_exits_non_zero(buggy):
     assert "Traceback" in log and "RuntimeError" in log  # the bug keeps its traceback
 
 
+@pytest.mark.slow
 def test_a_diverged_job_lets_the_others_finish(synthetic_dir, tmp_path):
     result = sweep(tmp_path, synthetic_dir, "optim=sgd", "model.dropout=0",
                    "optim.lr=1e12,0.01")
@@ -146,6 +151,7 @@ def needs_plugin(name: str) -> None:
     pytest.importorskip(f"hydra_plugins.{name}", reason="pip install -e '.[sweep]'")
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_a_2_job_sweep(synthetic_dir, tmp_path):
     needs_plugin("hydra_joblib_launcher")
     result = sweep(tmp_path, synthetic_dir, "seed=0,1", "hydra/launcher=joblib",
@@ -154,6 +160,7 @@ def test_joblib_launcher_runs_a_2_job_sweep(synthetic_dir, tmp_path):
     assert [r["n"] for r in table(tmp_path)] == ["2"]
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_2_job_sweep(synthetic_dir, tmp_path):
     needs_plugin("hydra_submitit_launcher")
     result = sweep(tmp_path, synthetic_dir, "seed=0,1", "hydra/launcher=submitit_local",
@@ -163,6 +170,7 @@ def test_submitit_local_launcher_runs_a_2_job_sweep(synthetic_dir, tmp_path):
     assert (tmp_path / ".submitit").is_dir()
 
 
+@pytest.mark.slow
 def test_optuna_sweeper_maximises_validation_accuracy(synthetic_dir, tmp_path):
     needs_plugin("hydra_optuna_sweeper")
     result = sweep(tmp_path, synthetic_dir, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",

@@ -10,6 +10,7 @@ import pytest
 from conftest import run_cli
 
 
+@pytest.mark.slow
 def test_a_sweep_logs_every_epochs_scalars_and_each_runs_hparams(synthetic_dir, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

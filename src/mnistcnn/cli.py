@@ -7,6 +7,7 @@ import itertools
 import logging
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -24,9 +25,11 @@ from mnistcnn.config import CONF_DIR, choice, register_configs, validate
 from mnistcnn.errors import UserError, exit_with
 from mnistcnn.pages import amount, pct
 from mnistcnn.run import classify, evaluate_run, resume_run, train_run, write_image_predictions
+from mnistcnn.training_setup import resolve_device
 
 log = logging.getLogger("mnistcnn")
 register_configs()
+DEVICES = ("auto", "cpu", "cuda")  # evaluate's and predict's device=
 MAX_PRECHECKED_JOBS = 64  # sweeps larger than this are checked job by job as they start
 
 
@@ -135,6 +138,32 @@ def summary(args: list[str]) -> None:
     print(models.format_layer_table(model, title))
 
 
+def typed_device(value: str) -> str:
+    """`device=` as evaluate and predict take it, checked so that an error names what the
+    user typed (device=...) rather than the training key it stands for (trainer.device)."""
+    if value not in DEVICES:
+        raise UserError(f"device={value} is not a device; use device={'|'.join(DEVICES)}")
+    try:
+        resolve_device(value)
+    except UserError:
+        raise UserError(f"device={value} but no CUDA GPU is available; use device=cpu or "
+                        f"device=auto") from None
+    return value
+
+
+@contextmanager
+def writing_out(path: Path) -> Iterator[None]:
+    """predict writes where --out says: a failed write names --out (not hydra.run.dir, the
+    training command's way to move its files)."""
+    try:
+        yield
+    except UserError as e:
+        if not isinstance(e.__cause__, OSError):
+            raise
+        raise UserError(f"cannot write {path}: {e.__cause__.strerror or e.__cause__}; free "
+                        f"disk space or pass --out FILE.csv in a folder you can write") from None
+
+
 def evaluate(args: list[str]) -> None:
     """evaluate run=PATH [device=cpu|cuda|auto]"""
     opts = dict(a.split("=", 1) for a in args if "=" in a)
@@ -143,7 +172,7 @@ def evaluate(args: list[str]) -> None:
         raise UserError("usage: python -m mnistcnn evaluate run=PATH [device=auto|cpu|cuda]"
                         + (f" (unexpected: {' '.join(unknown)})" if unknown else ""))
     console_logging()
-    result = evaluate_run(opts["run"], opts.get("device", "auto"))
+    result = evaluate_run(opts["run"], typed_device(opts.get("device", "auto")))
     print(f"test/loss {amount(result['test/loss'], 'loss')}  test/acc {pct(result['test/acc'])}  "
           f"({result['test_size']} images, {result['device']}) -> "
           f"{opts['run']}/evaluation.json, predictions.csv")
@@ -190,16 +219,18 @@ def predict(args: list[str]) -> None:
     if not read:
         raise UserError(f"no digit could be read from {' '.join(paths)}; pass PNG, JPEG or "
                         f"BMP files or folders holding them")
-    rows = classify(settings["run"], read, images, settings.get("device", "auto"))
+    rows = classify(settings["run"], read, images, typed_device(settings.get("device", "auto")))
     for row in rows:
         top = ", ".join(f"{name} {pct(p, 1)}" for name, p in row["top"])
         print(f"{row['file']}  {row['pred']}  {pct(row['confidence'], 1)}  top-3: {top}")
     if opts.out:
-        write_image_predictions(Path(opts.out), rows)
+        with writing_out(Path(opts.out)):
+            write_image_predictions(Path(opts.out), rows)
         print(f"-> {opts.out}")
     if opts.show:
         sheet = Path(opts.out).with_suffix(".png") if opts.out else Path("predictions.png")
-        plots.save_png(sheet, plots.prediction_sheet(images, rows, settings["run"]))
+        with writing_out(sheet):
+            plots.save_png(sheet, plots.prediction_sheet(images, rows, settings["run"]))
         print(f"-> {sheet}")
 
 

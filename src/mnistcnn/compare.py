@@ -15,6 +15,7 @@ taken into the studies book; its figures are drawn by plots.py.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -383,9 +384,10 @@ def runs_table(comp: Comparison, out_dir: Path) -> tuple[list[str], list[list[st
 
 
 def _where(path: Path, out_dir: Path) -> str:
-    """A run folder as seen from the comparison: relative inside a sweep, else absolute."""
+    """A run folder as seen from the comparison: relative inside a sweep, else relative to
+    where the command ran (never an absolute path of this machine)."""
     path, out_dir = path.resolve(), out_dir.resolve()
-    return str(path.relative_to(out_dir)) if path.is_relative_to(out_dir) else str(path)
+    return str(path.relative_to(out_dir)) if path.is_relative_to(out_dir) else os.path.relpath(path)
 
 
 # ----------------------------------------------------------------------------- the document

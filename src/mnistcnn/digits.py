@@ -8,6 +8,7 @@ run's normalisation comes later (data.prepare), as for the test set.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,13 +27,22 @@ class Unreadable(Exception):
 def read_grey(path: Path) -> np.ndarray:
     """The image as float grey levels in [0, 1] (transparent pixels count as white paper)."""
     try:
-        with Image.open(path) as image:
+        # An image past PIL's size limit would take gigabytes to decode (it may be a
+        # decompression bomb): below twice the limit PIL only warns, so the warning is
+        # raised too, and either way the file is one more unreadable input.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             image.load()
             if image.mode in ("RGBA", "LA", "P"):
                 image = image.convert("RGBA")
                 paper = Image.new("RGBA", image.size, "white")
                 image = Image.alpha_composite(paper, image)
             grey = image.convert("L")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise Unreadable(f"too large to read safely (more than {Image.MAX_IMAGE_PIXELS:,} "
+                         f"pixels); scale it down, a digit needs only 28x28") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise Unreadable(f"not a readable image ({type(e).__name__}); pass PNG, JPEG or "
                          f"BMP files") from e

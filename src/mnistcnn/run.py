@@ -11,7 +11,7 @@ import dataclasses
 import io
 import json
 import logging
-import platform
+import os
 import signal
 import threading
 import time
@@ -98,16 +98,17 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
     `status` says how the run ended. With cfg.resume, a completed run is returned as it
     is and an interrupted one continues from its last.pt."""
     run_dir = Path(run_dir)
+    shown = os.path.relpath(run_dir)  # as seen from where the command ran: no machine paths
     summary_path = run_dir / "summary.json"
     last_path = run_dir / "last.pt"
     if cfg.get("resume") and summary_path.is_file():
         previous = files.read_json(summary_path)
         if previous.get("status") == "completed":
-            log.info("%s already completed (test/acc %s); skipped", run_dir,
+            log.info("%s already completed (test/acc %s); skipped", shown,
                      pct(previous["test/acc"]))
             return previous
     summary = {"status": "running", "model": cfg.model.name, "seed": cfg.seed,
-               "started": _now(), "host": platform.node(), **provenance.record()}
+               "started": _now(), **provenance.record()}
     ml = None
     try:
         validate(cfg)
@@ -187,7 +188,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
         last_path.unlink(missing_ok=True)
         log.info("test/loss %s  test/acc %s  (%d epochs, %ss training)  -> %s",
                  amount(test_loss, "loss"), pct(test_acc), len(records),
-                 amount(summary["train_time_s"], "time"), run_dir)
+                 amount(summary["train_time_s"], "time"), shown)
         log.info("training step: %s", describe_path(summary))
         log_class_findings(summary)
         return summary
@@ -199,9 +200,9 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
     except Interrupted as e:
         end_summary(summary_path, summary, status="interrupted", error=str(e),
                     epoch=e.epoch, batch=e.batch, resume=f"python -m mnistcnn train "
-                    f"resume={run_dir}")
+                    f"resume={shown}")
         mlflowlog.close(ml, summary)
-        log.warning("interrupted; continue with: python -m mnistcnn train resume=%s", run_dir)
+        log.warning("interrupted; continue with: python -m mnistcnn train resume=%s", shown)
         raise
     except BaseException as e:
         end_summary(summary_path, summary, status="failed", error=str(e) or type(e).__name__)

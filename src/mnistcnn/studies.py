@@ -245,6 +245,15 @@ def write_book(out: Path, names: Sequence[str], opts: argparse.Namespace) -> boo
     return written
 
 
+def recorded_command(args: list[str], out: Path) -> str:
+    """The command as the book records it: --out relative to where it ran, so a book never
+    carries the absolute paths of the machine that made it."""
+    here = os.path.relpath(out)
+    typed = [f"--out={here}" if a.startswith("--out=") else a for a in args]
+    typed = [here if i and typed[i - 1] == "--out" else a for i, a in enumerate(typed)]
+    return shlex.join(["python", "-m", "mnistcnn", "studies", *typed])
+
+
 def run_studies(args: list[str]) -> None:
     opts = parse(args)
     studies, overrides = check(opts)
@@ -278,8 +287,7 @@ def run_studies(args: list[str]) -> None:
     record = files.read_json(record_path) if record_path.is_file() else {}
     record.setdefault("wall_s", {})
     record["machine"] = machine()
-    record["commands"] = [*record.get("commands", []),
-                          shlex.join(["python", "-m", "mnistcnn", "studies", *args])]
+    record["commands"] = [*record.get("commands", []), recorded_command(args, out)]
     # The questions of each study, for its section before its runs exist; and the order.
     record["studies"] = {**record.get("studies", {}), **blocks}
     shortening = [o for o in overrides if o.lstrip("+~").startswith(SHORTENING)]
