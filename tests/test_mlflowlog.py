@@ -13,8 +13,7 @@ from omegaconf import OmegaConf
 
 from mnistcnn import mlflowlog, run
 from mnistcnn.cli import compose_config
-from mnistcnn.errors import Interrupted
-from mnistcnn.errors import UserError
+from mnistcnn.errors import Interrupted, UserError
 
 mlflow = pytest.importorskip("mlflow", reason="pip install -e '.[mlflow]'")
 
