@@ -61,7 +61,7 @@ def setup(args):
 def bench_config(args):
     """The mnistcnn config of the run; its model section builds every side's model, so a
     --override model.KEY=VALUE changes the architecture for all of them."""
-    from mnistcnn.cli import compose_config
+    from mnistcnn.config import compose_config
 
     overrides = [f"model={args.model}", f"data.dir={args.data_dir}", "data.val_size=0",
                  f"trainer.epochs={args.epochs}", f"trainer.batch_size={args.batch_size}",

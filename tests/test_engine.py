@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mnistcnn import data as data_mod
 from mnistcnn import engine, errors, models, training_setup
-from mnistcnn.cli import compose_config
+from mnistcnn.config import compose_config
 from mnistcnn.errors import UserError
 
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 from conftest import run_cli
 
-from mnistcnn import cli
-from mnistcnn.config import CONF_DIR
+from mnistcnn import cli, sweeps
+from mnistcnn.config import CONF_DIR, compose_config
 
 # Each study's model, what it varies (beyond the seed) and how many configurations that makes.
 STUDIES = {
@@ -28,7 +28,7 @@ PRESETS = list(STUDIES)
 
 
 def sweep_params(*overrides: str) -> dict[str, list[str]]:
-    params = cli.sweeper_config(list(overrides)).params
+    params = sweeps.sweeper_config(list(overrides)).params
     return {k: str(v).split(",") for k, v in params.items()}
 
 
@@ -57,7 +57,7 @@ def test_preset_sweeps_its_study_over_3_seeds(name):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_job_of_a_preset_is_a_valid_config(name):
-    cli.precheck([f"+experiment={name}"], multirun=True)  # raises UserError on a bad job
+    sweeps.precheck([f"+experiment={name}"], multirun=True)  # raises UserError on a bad job
 
 
 @pytest.mark.parametrize("order", ["after", "before"])
@@ -67,13 +67,13 @@ def test_quick_on_means_one_seed_one_epoch_1000_images_wherever_it_is_typed(orde
     params = sweep_params(*overrides)
     assert params["seed"] == ["0"] and params["trainer.epochs"] == ["1"]
     assert params["model.features"] == ["2", "4", "8", "32"]
-    cfg = cli.compose_config(overrides)
+    cfg = compose_config(overrides)
     assert cfg.trainer.epochs == 1 and cfg.data.limit == 1000
 
 
 def test_the_tiny_study_arms():
     def arm(variant):
-        return cli.compose_config(["+experiment=tiny", f"+variant={variant}"])
+        return compose_config(["+experiment=tiny", f"+variant={variant}"])
 
     assert arm("tiny_10classes").data.classes is None
     grouped = arm("tiny_4classes_augment_dropout")
@@ -97,7 +97,7 @@ def test_a_preset_runs_with_its_quick_switch(synthetic_dir, tmp_path):
 
 def test_speedrun_preset_runs_one_configuration_over_5_seeds():
     assert sweep_params("+experiment=speedrun") == {"seed": ["0", "1", "2", "3", "4"]}
-    cli.precheck(["+experiment=speedrun"], multirun=True)
-    cfg = cli.compose_config(["+experiment=speedrun"])
+    sweeps.precheck(["+experiment=speedrun"], multirun=True)
+    cfg = compose_config(["+experiment=speedrun"])
     assert cfg.model.name == "conv5x5" and cfg.model.batchnorm and cfg.sched.name == "onecycle"
     assert cfg.data.val_size == 0 and not cfg.report.enabled

@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_leaves
 from mnistcnn import data as data_mod
 from mnistcnn import engine, errors, graphed, models
 from mnistcnn import training_setup as setup
-from mnistcnn.cli import compose_config
+from mnistcnn.config import compose_config
 from mnistcnn.errors import UserError
 
 CPU, CUDA, META = torch.device("cpu"), torch.device("cuda"), torch.device("meta")

@@ -12,7 +12,7 @@ from conftest import run_cli
 from omegaconf import OmegaConf
 
 from mnistcnn import mlflowlog, run
-from mnistcnn.cli import compose_config
+from mnistcnn.config import compose_config
 from mnistcnn.errors import Interrupted, UserError
 
 mlflow = pytest.importorskip("mlflow", reason="pip install -e '.[mlflow]'")

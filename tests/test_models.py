@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mnistcnn import models
-from mnistcnn.cli import compose_config
+from mnistcnn.config import compose_config
 from mnistcnn.errors import UserError
 from mnistcnn.models.layers import Dropout
 

@@ -17,12 +17,13 @@ from PIL import Image
 from sklearn.metrics import classification_report
 
 from mnistcnn import files, models, plots, probes, report
-from mnistcnn.cli import compose_config, precheck
-from mnistcnn.config import REPORT_PLOTS, report_settings, saved_config, validate
+from mnistcnn.config import REPORT_PLOTS, compose_config, report_settings, saved_config, validate
+from mnistcnn.console import log_class_findings
 from mnistcnn.data import LABEL_MAGIC, Data, Split, read_idx
 from mnistcnn.engine import predict
 from mnistcnn.errors import UserError
-from mnistcnn.run import log_class_findings, write_predictions
+from mnistcnn.evaluation import write_predictions
+from mnistcnn.sweeps import precheck
 
 # docs/run-folder.md's list of plots/*.png: the code must draw exactly these.
 PLOTS = ["loss", "accuracy", "confusion", "errors", "correct", "filters_first", "filters_last",

@@ -11,8 +11,7 @@ from conftest import run_cli
 from omegaconf import OmegaConf
 
 from mnistcnn import provenance, rerun
-from mnistcnn.cli import compose_config
-from mnistcnn.config import to_plain
+from mnistcnn.config import compose_config, to_plain
 from mnistcnn.errors import UserError
 
 TIMINGS = {"epoch_time_s"}

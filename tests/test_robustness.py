@@ -24,9 +24,10 @@ import torch
 from conftest import ROOT, make_dataset, run_cli, run_main
 
 from mnistcnn import errors, files
-from mnistcnn.cli import compose_config
+from mnistcnn.config import compose_config
 from mnistcnn.errors import UserError
-from mnistcnn.run import StopOnSignal, train_run
+from mnistcnn.run import train_run
+from mnistcnn.signals import StopOnSignal
 
 TIMINGS = {"started", "finished", "train_time_s", "data_load_s", "report_time_s",
            "epoch_time_s"}

@@ -12,8 +12,7 @@ from conftest import run_main
 
 from mnistcnn import data as data_mod
 from mnistcnn import engine, errors, models, training_setup
-from mnistcnn.cli import compose_config
-from mnistcnn.config import validate
+from mnistcnn.config import compose_config, validate
 from mnistcnn.errors import UserError
 from mnistcnn.stopping import EarlyStopping
 

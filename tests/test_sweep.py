@@ -15,8 +15,9 @@ from conftest import ROOT, run_cli
 from omegaconf import OmegaConf
 
 from mnistcnn.__main__ import main
-from mnistcnn.cli import compose_config, precheck
+from mnistcnn.config import compose_config
 from mnistcnn.errors import UserError
+from mnistcnn.sweeps import precheck
 
 # docs/sweeps-and-studies.md's list of what a multirun writes into its sweep folder.
 OUTPUT_FILES = ["comparison.md", "comparison.csv", "comparison.html", "curves_acc.png",

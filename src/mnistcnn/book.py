@@ -23,6 +23,7 @@ from mnistcnn.compare import Comparison, Row
 from mnistcnn.errors import UserError
 from mnistcnn.metrics import Stat, pooled
 from mnistcnn.pages import ABSENT, Block, Heading, Paragraph, Section, Table, mean_std
+from mnistcnn.settings import show_value
 
 BOOK_FILE = "book.json"  # what `studies` records: command(s), wall times, machine, studies
 QUICK = "quick=on: 1 epoch and 1,000 training images a run"  # conf/quick/on.yaml
@@ -80,7 +81,7 @@ PROTOCOL = [  # (what, config keys shown together)
 def protocol(comp: Comparison) -> list[tuple[str, str]]:
     """(what, values) from the runs' resolved configs; a key that varies lists each value."""
     def values(key: str) -> str:
-        seen = dict.fromkeys(compare.show_value(r.config.get(key)) for r in comp.runs)
+        seen = dict.fromkeys(show_value(r.config.get(key)) for r in comp.runs)
         return " / ".join(seen)
 
     def shown(keys: Sequence[str]) -> str:

@@ -1,9 +1,9 @@
-"""The commands. Each is thin: parse, then hand over to run.py / models."""
+"""The commands. Each is thin: parse, then hand over (run.py, evaluation.py, sweeps.py,
+studies.py, compare.py, models)."""
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import sys
 from collections.abc import Iterator
@@ -11,95 +11,26 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnistcnn import digits, jobs, mlflowlog, models, plots, rerun, tblog
+from mnistcnn import digits, jobs, models, plots, rerun
 from mnistcnn.compare import build as build_comparison
 from mnistcnn.compare import console_text, default_out_dir, load_runs
 from mnistcnn.compare import write as write_comparison
-from mnistcnn.config import CONF_DIR, choice, register_configs, validate
+from mnistcnn.config import CONF_DIR, choice, compose_config, register_configs
+from mnistcnn.console import console_logging
 from mnistcnn.errors import UserError, exit_with
+from mnistcnn.evaluation import classify, evaluate_run, write_image_predictions
 from mnistcnn.pages import amount, pct
-from mnistcnn.run import classify, evaluate_run, resume_run, train_run, write_image_predictions
+from mnistcnn.run import resume_run, train_run
+from mnistcnn.sweeps import check_config, precheck
 from mnistcnn.training_setup import resolve_device
 
 log = logging.getLogger("mnistcnn")
 register_configs()
 DEVICES = ("auto", "cpu", "cuda")  # evaluate's and predict's device=
-MAX_PRECHECKED_JOBS = 64  # sweeps larger than this are checked job by job as they start
-
-
-def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=with_hydra)
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Everything that can be checked without data: schema (done by compose), ranges, shapes."""
-    validate(cfg)
-    tblog.check_available(cfg)
-    mlflowlog.check_available(cfg)
-    models.build(cfg.model, len(cfg.data.classes) if cfg.data.classes else 10)
-
-
-def precheck(overrides: list[str], multirun: bool) -> None:
-    """Compose and check the config(s) before Hydra makes a run folder, so a typo costs
-    nothing: no folder, no training. A sweep is checked job by job when it is small."""
-    jobs = [overrides]
-    if multirun:
-        jobs = sweep_jobs(overrides, one_seed=True)
-        if jobs is None:  # glob/interval sweeps: left to each job
-            return
-        jobs = list(itertools.islice(jobs, MAX_PRECHECKED_JOBS))
-    for job in jobs:
-        check_config(compose_config(job))
-
-
-def sweep_jobs(overrides: list[str], one_seed: bool = False) -> Iterator[list[str]] | None:
-    """The override list of every job of `train -m OVERRIDES` (the preset's sweep and the
-    command line's, as Hydra's basic sweeper combines them), or None where a sweep cannot
-    be listed (glob, interval). one_seed: only the first seed, since a seed never makes a
-    config invalid and checking one keeps seed sweeps cheap."""
-    sweeper = sweeper_config(overrides)
-    check_objective(sweeper)
-    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    parsed = OverridesParser.create().parse_overrides(params + overrides)
-    # One override per key, the command line's where both set it (as Hydra's sweeper).
-    parsed = list({o.get_key_element(): o for o in parsed}.values())
-    choices = []
-    for o in parsed:
-        if not o.is_sweep_override():
-            choices.append([o.input_line])
-            continue
-        try:
-            values = list(o.sweep_string_iterator())
-        except Exception:
-            return None
-        values = values[:1] if one_seed and o.get_key_element() == "seed" else values
-        choices.append([f"{o.get_key_element()}={v}" for v in values])
-    return (list(j) for j in itertools.product(*choices))
-
-
-def sweeper_config(overrides: list[str]) -> DictConfig:
-    """hydra.sweeper, whose params hold a preset's sweep; composed without the command
-    line's sweeps (a config cannot compose with a sweep)."""
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    return compose_config(fixed, with_hydra=True).hydra.sweeper
-
-
-def check_objective(sweeper: DictConfig) -> None:
-    """`train` returns validation accuracy; Optuna's default direction would minimise it."""
-    direction = sweeper.get("direction")
-    name = getattr(direction, "name", direction)
-    if direction is not None and name != "maximize":
-        raise UserError(f"hydra.sweeper.direction={name} does not maximise validation "
-                        f"accuracy, the one objective `train` returns; add "
-                        f"hydra.sweeper.direction=maximize")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -244,14 +175,6 @@ def single_run_resume(overrides: list[str]) -> str | None:
         raise UserError(f"resume=PATH continues a run with its own config; drop "
                         f"{' '.join(others)} (or start a new run without resume)")
     return values[0]
-
-
-def console_logging(log_file: Path | None = None) -> None:
-    """Log lines as Hydra's job logging prints them, for commands that run without Hydra."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if log_file is not None and log_file.parent.is_dir():
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=handlers, force=True)
 
 
 def run_train(args: list[str]) -> None:

@@ -11,6 +11,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,3 +90,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             break
     return records
+
+
+def utc_now() -> str:
+    """The time stamps the files record (started, finished, evaluated): UTC, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

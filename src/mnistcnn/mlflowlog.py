@@ -25,9 +25,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mnistcnn import files, provenance, tblog
-from mnistcnn.compare import preset_choices
 from mnistcnn.config import to_plain
 from mnistcnn.errors import UserError
+from mnistcnn.settings import preset_choices
 
 log = logging.getLogger(__name__)
 

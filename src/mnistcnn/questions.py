@@ -31,7 +31,8 @@ from scipy import stats
 from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
 
-from mnistcnn.compare import Run, differing_keys, show_value, split_implied
+from mnistcnn.compare import Run, differing_keys, split_implied
+from mnistcnn.settings import show_value
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
@@ -49,7 +50,7 @@ Table = tuple[list[str], list[list[str]]]
 class Question:
     ask: str
     factor: str  # a swept config key, a config group (optim) or a variant-like choice
-    baseline: str | None = None  # a level as compare.show_value writes it
+    baseline: str | None = None  # a level as settings.show_value writes it
     levels: tuple[str, ...] | None = None  # only these levels (None: all of them)
 
 
@@ -63,7 +64,7 @@ def questions_of(study: dict | None) -> list[Question]:
 
 def level_of(run: Run, factor: str) -> str | None:
     """The run's level of a factor: its config value, or its group's choice (optim -> the
-    value of optim.name), as compare.show_value writes it."""
+    value of optim.name), as settings.show_value writes it."""
     for key in (factor, f"{factor}.name"):
         if key in run.config:
             return show_value(run.config[key])

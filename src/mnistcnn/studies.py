@@ -17,7 +17,6 @@ import importlib.util
 import os
 import platform
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,9 +26,10 @@ from datetime import datetime
 from pathlib import Path
 
 from mnistcnn import book, files, publish, study_files
-from mnistcnn.cli import precheck, sweep_jobs
 from mnistcnn.errors import UserError
+from mnistcnn.signals import stop_signals_to
 from mnistcnn.study_files import StudyFile
+from mnistcnn.sweeps import precheck, sweep_jobs
 
 FAILED_EXIT = 1  # as a sweep with failed jobs (sweep.FAILED_JOBS_EXIT)
 POLL_S = 2.0  # how often a running study's folder is counted for the progress line
@@ -162,8 +162,7 @@ def run_study(overrides: list[str], log_path: Path, folder: Path, progress: Prog
             stopped.append(signum)
             child.send_signal(signum)
 
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with stop_signals_to(forward):
             while True:
                 try:
                     code = child.wait(timeout=POLL_S)
@@ -172,9 +171,6 @@ def run_study(overrides: list[str], log_path: Path, folder: Path, progress: Prog
                     continue
                 progress.update(done_elsewhere + count_ended(folder, start))
                 return code, (stopped[0] if stopped else None)
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
 
 def machine() -> str:

@@ -22,10 +22,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from mnistcnn import files
-from mnistcnn.cli import compose_config, sweep_jobs
-from mnistcnn.compare import NOT_SETTINGS, flatten, show_value
-from mnistcnn.config import CONF_DIR
+from mnistcnn.config import CONF_DIR, compose_config
 from mnistcnn.errors import UserError
+from mnistcnn.settings import NOT_SETTINGS, flatten, show_value
+from mnistcnn.sweeps import sweep_jobs
 
 PRESET_DIR = CONF_DIR / "experiment"
 SEARCH_GROUP = "experiment"  # a person's file runs as +experiment=NAME, as a preset does
@@ -87,7 +87,7 @@ def search_overrides(studies: Sequence[StudyFile], root: Path) -> list[str]:
 # ----------------------------------------------------------------------------- questions
 def swept_levels(jobs: Sequence[Sequence[str]]) -> dict[str, list[str]]:
     """{key: levels} of every key the jobs give more than one value (the seed too), keys
-    without Hydra's +/~ prefix and levels as compare.show_value writes the runs' values."""
+    without Hydra's +/~ prefix and levels as settings.show_value writes the runs' values."""
     parser = OverridesParser.create()
     levels: dict[str, list[str]] = {}
     for job in jobs:
@@ -158,7 +158,7 @@ class Plan:
 
 def job_key(overrides: Sequence[str], leave_out: Sequence[str] = ()) -> frozenset:
     """What tells a job apart: its overrides but Hydra's own and those that do not change
-    what is trained (the keys a job folder's name leaves out, compare.NOT_SETTINGS)."""
+    what is trained (the keys a job folder's name leaves out, settings.NOT_SETTINGS)."""
     parser = OverridesParser.create()
     return frozenset((o.key_or_group, show_value(o.value())) for o in parser.parse_overrides(
         [j for j in overrides if not j.startswith("hydra.")])

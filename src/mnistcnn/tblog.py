@@ -13,9 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mnistcnn.compare import NOT_SETTINGS, flatten
 from mnistcnn.config import to_plain
 from mnistcnn.errors import UserError
+from mnistcnn.settings import NOT_SETTINGS, flatten
 
 TB_DIR = "tb"
 # summary.json keys shown as the HParams tab's metrics, when the run has them.

@@ -1,0 +1,81 @@
+"""What a finished run's model.pt does after training: `evaluate` (the test set again, with
+its predictions, report and evaluation.json) and `predict` (a person's digit images), and
+the predictions files both write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnistcnn import data as data_mod
+from mnistcnn import files, report
+from mnistcnn.checkpoints import load_run_model
+from mnistcnn.console import log_class_findings
+from mnistcnn.engine import evaluate, predict
+from mnistcnn.training_setup import make_loss, resolve_device
+
+
+def write_predictions(path: Path, labels: torch.Tensor, logits: torch.Tensor) -> None:
+    probs = torch.softmax(logits.float(), dim=1)
+    conf, pred = probs.max(dim=1)
+    rows = zip(labels.tolist(), pred.tolist(), conf.tolist(), strict=True)
+    files.write_csv(path, ["index", "label", "pred", "confidence"],
+                    ([i, y, p, f"{c:.6f}"] for i, (y, p, c) in enumerate(rows)))
+
+
+def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
+    """Re-evaluate a finished run on its test set from model.pt and its saved config."""
+    run_dir = Path(run_dir)
+    device = resolve_device(device_name)
+    model, cfg, ckpt = load_run_model(run_dir, device)
+    data = data_mod.load(cfg.data, device, cfg.seed)
+    data = dataclasses.replace(data, mean=ckpt["mean"], std=ckpt["std"])
+    loss, acc, logits = evaluate(model, data.test, data, make_loss(cfg.loss, data.num_classes),
+                                 cfg.trainer.eval_batch_size, cfg.trainer.precision)
+    write_predictions(run_dir / "predictions.csv", data.test.labels, logits)
+    result = {"test/loss": loss, "test/acc": acc, "test_size": len(data.test),
+              "device": str(device), "evaluated": files.utc_now()}
+    summary_path = run_dir / "summary.json"
+    summary = files.read_json(summary_path) if summary_path.is_file() else {}
+    # The report shows this evaluation; summary.json keeps its training-time test numbers
+    # and only gains the per-class keys, so runs from before the report have them too.
+    keys = report.write_run_files(run_dir, cfg, model, data, {**summary, **result})
+    result.update(keys)
+    files.write_json(run_dir / "evaluation.json", result)
+    if summary:
+        files.write_json(summary_path, {**summary, **keys})
+    log_class_findings(result)
+    return result
+
+
+def classify(run_dir: str | Path, paths: list[Path], images: np.ndarray,
+             device_name: str = "auto") -> list[dict]:
+    """Per digit (uint8 [N, 28, 28], read from `paths`) by a finished run's model.pt,
+    normalised as its training data was: file, predicted class name, its probability and
+    the top 3 as (class name, probability)."""
+    device = resolve_device(device_name)
+    model, cfg, ckpt = load_run_model(Path(run_dir), device)
+    split = data_mod.Split(torch.from_numpy(images).unsqueeze(1).to(device),
+                           torch.zeros(len(images), dtype=torch.int64, device=device))
+    # engine.predict reads only the normalisation from a Data; the digits are its test split.
+    data = data_mod.Data(train=split, val=None, test=split, class_names=ckpt["class_names"],
+                         mean=ckpt["mean"], std=ckpt["std"])
+    logits = predict(model, split, data, cfg.trainer.eval_batch_size, cfg.trainer.precision)
+    names = data.class_names
+    values, indices = torch.softmax(logits, dim=1).topk(min(3, len(names)), dim=1)
+    return [{"file": str(path), "pred": names[idx[0]], "confidence": p[0],
+             "top": [(names[i], v) for i, v in zip(idx, p, strict=True)]}
+            for path, p, idx in zip(paths, values.tolist(), indices.tolist(), strict=True)]
+
+
+def write_image_predictions(path: Path, rows: list[dict]) -> None:
+    """`predict --out`: one CSV row per image with its top 3 classes."""
+    files.write_csv(path, ["file", "pred", "confidence", "top2", "top2_confidence", "top3",
+                           "top3_confidence"],
+                    ([row["file"], row["pred"], f"{row['confidence']:.6f}",
+                      *(x for name, p in row["top"][1:] for x in (name, f"{p:.6f}"))]
+                     for row in rows))

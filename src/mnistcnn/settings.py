@@ -1,0 +1,56 @@
+"""A run's settings as flat keys: its resolved config flattened ("model.pool"), the preset
+choices Hydra recorded for it (experiment, variant, quick), the keys that do not change what
+is trained, and how a value is written (as in an override). Shared by the comparison, the
+studies and the trackers (TensorBoard's HParams, MLflow's params).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+# Where the data lives, where it runs, how a run is reported, resumed or logged, what a study
+# asks: two runs that differ only in these ran the same experiment (one comparison row).
+NOT_SETTINGS = ("data.dir", "trainer.device", "trainer.cuda_graph", "trainer.eval_batch_size",
+                "report.", "resume", "logger.", "study.")
+
+
+def preset_choices(path: Path, config: dict) -> dict:
+    """The options of config groups that merge into the whole config (experiment, variant,
+    quick), from Hydra's record of the run. Their names say in one word what a handful of
+    keys say together (variant=tiny_4classes_augment); groups with a node of their own
+    (model, optim) are already in the config as model.name, and hydra/* choices do not
+    change what is trained."""
+    hydra_file = path / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return {}
+    choices = OmegaConf.load(hydra_file).hydra.runtime.get("choices", {})
+    return {group: choice for group, choice in choices.items()
+            if "/" not in group and group not in config}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> {"a.b.c": leaf}. Dicts keyed by non-strings (data.classes) are
+    leaves: their keys are data, not config keys."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def show_value(value) -> str:
+    """A config value as one would write it in an override: true, null, [32,16], {0:[0,6]}."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(show_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{show_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
