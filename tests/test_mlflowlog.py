@@ -8,7 +8,6 @@ import json
 import os
 
 import pytest
-from conftest import run_cli
 from omegaconf import OmegaConf
 
 from mnistcnn import mlflowlog, run
@@ -156,18 +155,3 @@ def test_a_sweep_job_is_tagged_with_its_study_and_sweep_and_named_after_its_fold
     assert params["experiment"] == "pooling" and params["quick"] == "on"
     named = compose_config(["logger=mlflow", "logger.experiment=mine"])
     assert mlflowlog.experiment_name(named, job) == "mine"
-
-
-def test_mlflow_missing_is_one_line_before_any_run_folder(synthetic_dir, tmp_path):
-    # An `mlflow` package that fails to import, ahead of the real one on the path.
-    fake = tmp_path / "fake" / "mlflow"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError('No module named mlflow')\n")
-    path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
-    result = run_cli("train", f"data.dir={synthetic_dir}", "logger=mlflow",
-                     f"hydra.run.dir={tmp_path / 'run'}", env={"PYTHONPATH": path})
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "error: logger=mlflow needs the mlflow package: pip install 'mnistcnn[mlflow]' "
-        "(or `make install`, which includes it), or use logger=none"]
-    assert not (tmp_path / "run").exists()

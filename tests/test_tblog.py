@@ -52,16 +52,20 @@ def test_a_sweep_logs_every_epochs_scalars_and_each_runs_hparams(synthetic_dir, 
     assert first["model.name"].string_value == "tiny" and "data.dir" not in first
 
 
-def test_tensorboard_missing_is_one_line_before_training(synthetic_dir, tmp_path):
-    # A `tensorboard` package that fails to import, ahead of the real one on the path.
-    fake = tmp_path / "fake" / "tensorboard"
+@pytest.mark.parametrize("package,install", [
+    ("tensorboard", "pip install tensorboard"),
+    ("mlflow", "pip install 'mnistcnn[mlflow]'")])
+def test_a_missing_tracker_package_is_one_line_before_any_run_folder(package, install,
+                                                                     synthetic_dir, tmp_path):
+    # A package that fails to import, ahead of the real one on the path.
+    fake = tmp_path / "fake" / package
     fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError('No module named tensorboard')\n")
+    (fake / "__init__.py").write_text(f"raise ImportError('No module named {package}')\n")
     path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
-    result = run_cli("train", f"data.dir={synthetic_dir}", "logger=tensorboard",
+    result = run_cli("train", f"data.dir={synthetic_dir}", f"logger={package}",
                      f"hydra.run.dir={tmp_path / 'run'}", env={"PYTHONPATH": path})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: logger=tensorboard needs the tensorboard package: pip install tensorboard "
+        f"error: logger={package} needs the {package} package: {install} "
         "(or `make install`, which includes it), or use logger=none"]
     assert not (tmp_path / "run").exists()
