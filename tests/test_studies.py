@@ -180,6 +180,50 @@ def test_a_book_rebuilds_from_its_small_files_alone(book_dir, tmp_path):
     assert findings(dest) == findings(book_dir)
 
 
+def test_publishing_again_replaces_the_earlier_publish(book_dir, tmp_path):
+    from mnistcnn import publish
+
+    dest = tmp_path / "published"
+    publish.publish(book_dir, ["pooling", "tiny"], dest)
+    gone = "5_pool=avg,seed=2"  # a run of the earlier book that the new one no longer has
+    for path in sorted((book_dir / "pooling" / gone).rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (book_dir / "pooling" / gone).rmdir()
+    again = publish.publish(book_dir, ["pooling", "tiny"], dest)
+    assert not (dest / "pooling" / gone).exists() and not again.failed
+    assert len(again.studies[0].comparison.runs) == 5
+
+
+def test_publish_stops_at_a_study_folder_it_did_not_write(book_dir, tmp_path):
+    from mnistcnn import publish
+
+    dest = tmp_path / "published"
+    publish.publish(book_dir, ["pooling", "tiny"], dest)
+    (dest / "tiny" / "notes.txt").write_text("mine")
+    before = sorted(p for p in dest.rglob("*"))
+    with pytest.raises(UserError, match=r"tiny holds tiny/notes.txt, which a publish does not"):
+        publish.publish(book_dir, ["pooling", "tiny"], dest)
+    assert sorted(p for p in dest.rglob("*")) == before  # pooling was not cleared either
+    other = tmp_path / "other_book"  # another book's own runs, checkpoints and all
+    (other / "pooling" / "0_pool=max,seed=0").mkdir(parents=True)
+    (other / "pooling" / "0_pool=max,seed=0" / "model.pt").write_bytes(b"weights")
+    with pytest.raises(UserError, match=r"pooling/0_pool=max,seed=0/model.pt, which a pub"):
+        publish.publish(book_dir, ["pooling"], other)
+    assert (other / "pooling" / "0_pool=max,seed=0" / "model.pt").is_file()
+
+
+def test_a_published_book_rebuilds_in_place(book_dir, tmp_path, capsys):
+    dest = tmp_path / "published"
+    studies.run_studies(["--book-only", "--out", str(book_dir), "--publish", str(dest)])
+    first = (dest / "STUDIES.md").read_text()
+    (dest / "STUDIES.md").write_text("stale")
+    files_before = sorted(p.relative_to(dest) for p in dest.rglob("*"))
+    studies.run_studies(["--book-only", "--out", str(dest), "--publish", str(dest)])
+    assert (dest / "STUDIES.md").read_text() == first
+    assert sorted(p.relative_to(dest) for p in dest.rglob("*")) == files_before  # no html
+    assert capsys.readouterr().err.splitlines()[-1] == f"published -> {dest / 'STUDIES.md'}"
+
+
 # ----------------------------------------------------------------------------- the command
 def test_unknown_study_is_one_line_listing_the_valid_ones(tmp_path):
     result = run_main("studies", "pooling", "speedrun", "--out", str(tmp_path / "b"))
@@ -401,3 +445,4 @@ def test_a_book_folder_is_not_overwritten_without_resume(quick_book):
     out, args, _ = quick_book
     result = run_cli(*args)
     assert result.returncode == 2 and "add --resume" in result.stderr
+

@@ -6,7 +6,9 @@ variant and quick choices live there; the rest of it holds this machine's paths)
 metrics.jsonl, summary.json without the host name, and the per-class report
 (classification.csv); and the book's own book.json. No checkpoints, predictions or plots:
 a few kilobytes a run. The book is then written in the destination from those files
-alone, so what is published is proven to rebuild.
+alone, so what is published is proven to rebuild. A study published there before is
+replaced as a whole, so runs of an older book never mix into the new one; a study folder
+holding anything a publish does not write is left alone and the publish stops.
 """
 
 from __future__ import annotations
@@ -18,10 +20,25 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mnistcnn import book, compare, files
+from mnistcnn.errors import UserError
 
 COPIED = (".hydra/config.yaml", "metrics.jsonl", "classification.csv")
 HYDRA_RECORD = Path(".hydra") / "hydra.yaml"
 PRIVATE = ("host",)  # summary.json keys that name the machine, not the run
+WRITTEN = {Path(n).name for n in COPIED} | {"summary.json", HYDRA_RECORD.name,
+                                             *compare.FIGURES}  # all a publish leaves
+
+
+def earlier_publish(study: Path) -> Path | None:
+    """study, when it holds an earlier publish (only files a publish writes), else None; a
+    UserError when it holds anything else."""
+    if not study.exists():
+        return None
+    foreign = [p for p in study.rglob("*") if p.is_file() and p.name not in WRITTEN]
+    if foreign:
+        raise UserError(f"{study} holds {foreign[0].relative_to(study.parent)}, which a publish "
+                        f"does not write; --publish into an empty folder or an earlier publish")
+    return study
 
 
 def copy_run(run: Path, target: Path) -> None:
@@ -52,13 +69,19 @@ def copy_small_files(book_dir: Path, names: Sequence[str], dest: Path) -> int:
     return copied
 
 
-def publish(book_dir: Path, names: Sequence[str], dest: Path) -> Path:
+def publish(book_dir: Path, names: Sequence[str], dest: Path) -> book.Book:
     """The small files and book.json to dest, then STUDIES.md (with its figures) written
-    there from them; returns the path of that STUDIES.md."""
-    dest.mkdir(parents=True, exist_ok=True)
-    copy_small_files(book_dir, names, dest)
-    if (book_dir / book.BOOK_FILE).is_file():
-        shutil.copyfile(book_dir / book.BOOK_FILE, dest / book.BOOK_FILE)
+    there from them; returns that book. With dest the book folder itself (a published
+    book), only STUDIES.md and its figures are written again."""
+    if dest.resolve() != book_dir.resolve():  # else: the published book rebuilt in place
+        for earlier in [earlier_publish(dest / name) for name in names]:  # all checked first
+            if earlier:
+                shutil.rmtree(earlier)
+        dest.mkdir(parents=True, exist_ok=True)
+        copy_small_files(book_dir, names, dest)
+        if (book_dir / book.BOOK_FILE).is_file():
+            shutil.copyfile(book_dir / book.BOOK_FILE, dest / book.BOOK_FILE)
     # Markdown and PNGs only: the HTML page embeds the same figures again (megabytes).
-    files.write_text(dest / "STUDIES.md", book.markdown(book.load(dest, names)))
-    return dest / "STUDIES.md"
+    published = book.load(dest, names)
+    files.write_text(dest / "STUDIES.md", book.markdown(published))
+    return published

@@ -231,13 +231,18 @@ def book_names(out: Path, studies: Sequence[StudyFile], record: dict) -> list[st
 
 
 def write_book(out: Path, names: Sequence[str], opts: argparse.Namespace) -> book.Book:
-    t_book = time.monotonic()
-    written = book.write(out, names)
-    print(f"book -> {out / 'STUDIES.md'} ({out / 'studies.html'}) after "
-          f"{book.duration(time.monotonic() - t_book)}", file=sys.stderr)
+    """The book of out, and its publish with --publish. A published book rebuilt in place
+    (--publish naming out) gets only its STUDIES.md: a publish keeps no studies.html."""
+    in_place = bool(opts.publish) and Path(opts.publish).resolve() == out.resolve()
+    if not in_place:
+        t_book = time.monotonic()
+        written = book.write(out, names)
+        print(f"book -> {out / 'STUDIES.md'} ({out / 'studies.html'}) after "
+              f"{book.duration(time.monotonic() - t_book)}", file=sys.stderr)
     if opts.publish:
         published = publish.publish(out, names, Path(opts.publish))
-        print(f"published -> {published}", file=sys.stderr)
+        print(f"published -> {published.out_dir / 'STUDIES.md'}", file=sys.stderr)
+        written = published if in_place else written
     return written
 
 
