@@ -404,7 +404,7 @@ def test_dry_run_of_a_started_book_counts_and_times_its_runs(quick_book, capsys)
 
 
 @pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)
-def test_book_only_and_publish_rebuild_without_training(quick_book, tmp_path):
+def test_book_only_and_publish_rebuild_without_training(quick_book, tmp_path, capsys):
     out, args, first = quick_book
     assert first.returncode == 0, first.stderr
     before = (out / "STUDIES.md").read_text()
@@ -418,6 +418,15 @@ def test_book_only_and_publish_rebuild_without_training(quick_book, tmp_path):
 
     def findings(folder):
         return (folder / "STUDIES.md").read_text().split("## Findings")[1].split("\n## ")[0]
+    assert findings(dest) == findings(out)
+    capsys.readouterr()
+    studies.run_studies([*args[1:-1], str(dest), "--dry-run"])  # a published book continues
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("pooling: 2 arm(s) x 2 seed(s) = 4 runs; 4 complete in ")
+    assert lines[-1].startswith("in all: 10 runs, 0 to run")
+    again = run_cli(*args[:-1], str(dest), "--resume")  # and --resume trains nothing
+    assert again.returncode == 0, again.stderr
+    assert "[10/10 runs]" in again.stderr and not list(dest.rglob("model.pt"))
     assert findings(dest) == findings(out)
 
 

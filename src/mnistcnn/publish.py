@@ -1,9 +1,10 @@
 """What a publisher copies: a book's small files, enough to rebuild it and check its numbers.
 
-For every run of the book's studies: the resolved config (.hydra/config.yaml), the config
-group choices Hydra recorded for the job (hydra.yaml reduced to hydra.runtime.choices: the
-variant and quick choices live there; the rest of it holds this machine's paths),
-metrics.jsonl, summary.json without the host name, and the per-class report
+For every run of the book's studies: the resolved config (.hydra/config.yaml), the job's
+overrides (.hydra/overrides.yaml: what `--dry-run` and `--resume` tell the jobs apart by, so
+a published book copied into a book folder continues), the config group choices Hydra
+recorded for the job (hydra.yaml reduced to hydra.runtime.choices: the variant and quick
+choices live there; the rest of it holds this machine's paths), metrics.jsonl, summary.json without the host name, and the per-class report
 (classification.csv); and the book's own book.json. No checkpoints, predictions or plots:
 a few kilobytes a run. The book is then written in the destination from those files
 alone, so what is published is proven to rebuild. A study published there before is
@@ -22,7 +23,7 @@ from omegaconf import OmegaConf
 from mnistcnn import book, compare, files
 from mnistcnn.errors import UserError
 
-COPIED = (".hydra/config.yaml", "metrics.jsonl", "classification.csv")
+COPIED = (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.jsonl", "classification.csv")
 HYDRA_RECORD = Path(".hydra") / "hydra.yaml"
 PRIVATE = ("host",)  # summary.json keys that name the machine, not the run
 WRITTEN = {Path(n).name for n in COPIED} | {"summary.json", HYDRA_RECORD.name,
