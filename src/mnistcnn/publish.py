@@ -1,10 +1,11 @@
 """What a publisher copies: a book's small files, enough to rebuild it and check its numbers.
 
 For every run of the book's studies: the resolved config (.hydra/config.yaml), the job's
-overrides (.hydra/overrides.yaml: what `--dry-run` and `--resume` tell the jobs apart by, so
-a published book copied into a book folder continues), the config group choices Hydra
-recorded for the job (hydra.yaml reduced to hydra.runtime.choices: the variant and quick
-choices live there; the rest of it holds this machine's paths), metrics.jsonl, summary.json without the host name, and the per-class report
+overrides (.hydra/overrides.yaml: what `--dry-run` tells the jobs apart by, so a published
+book copied into a book folder plans and resumes with its runs complete), the config group
+choices Hydra recorded for the job (hydra.yaml reduced to hydra.runtime.choices: the variant
+and quick choices live there; the rest of it holds this machine's paths), metrics.jsonl,
+summary.json without the host name, and the per-class report
 (classification.csv); and the book's own book.json. No checkpoints, predictions or plots:
 a few kilobytes a run. The book is then written in the destination from those files
 alone, so what is published is proven to rebuild. A study published there before is

@@ -242,7 +242,8 @@ def write_book(out: Path, names: Sequence[str], opts: argparse.Namespace) -> boo
     if opts.publish:
         published = publish.publish(out, names, Path(opts.publish))
         print(f"published -> {published.out_dir / 'STUDIES.md'}", file=sys.stderr)
-        written = published if in_place else written
+        if in_place:
+            return published
     return written
 
 
