@@ -89,6 +89,23 @@ CONFIG_CASES = [
 ]
 
 
+def written(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def run_saved_as(tmp: Path, text: str) -> Path:
+    """A folder that looks like a run but whose saved config is damaged."""
+    written(tmp / "damaged" / ".hydra" / "config.yaml", text)
+    return tmp / "damaged"
+
+
+def unreadable_images(tmp: Path) -> list[str]:
+    """Images predict cannot read: one that is not an image, one that is not there."""
+    return [str(written(tmp / "digits" / "a.png", "not a png")), str(tmp / "digits" / "b.png")]
+
+
 # What each case is handed: the earlier run, a checkpoint of the wrong model, a file where a
 # folder should be, the synthetic data, and a fresh folder of its own (tmp).
 OTHER_CASES = {
@@ -110,13 +127,60 @@ OTHER_CASES = {
                                                     "optim.lr=0.1"],
                                     "resume=PATH continues a run with its own config"),
     "unknown command": (lambda p, tmp: ["fit"], "unknown command 'fit'"),
+    "study file not YAML": (lambda p, tmp: ["studies", str(written(tmp / "bad.yaml",
+                                                                   "study: [unclosed\n")),
+                                            "--out", str(tmp / "runs" / "book")],
+                            "study file {tmp}/bad.yaml is not valid YAML (line 2, column 1: "
+                            "expected ',' or ']', but got '<stream end>', while parsing a flow "
+                            "sequence that starts at line 1, column 8); fix the file"),
+    "study file not YAML, dry run": (lambda p, tmp: ["studies", str(written(
+        tmp / "bad.yaml", "study: [unclosed\n")), "--dry-run"], "bad.yaml is not valid YAML"),
+    "study file not a mapping": (lambda p, tmp: ["studies", str(written(
+        tmp / "listed.yaml", "- study\n")), "--dry-run"],
+        "study file {tmp}/listed.yaml holds a list, not a mapping of keys"),
+    "unknown MLflow store scheme": (
+        lambda p, tmp: ["train", "logger=mlflow", "logger.tracking_uri=nosuchscheme://x/y",
+                        f"data.dir={p.synthetic}", "data.limit=200", "trainer.epochs=1",
+                        "trainer.device=cpu", f"hydra.run.dir={tmp / 'runs' / 'run'}"],
+        "logger.tracking_uri=nosuchscheme://x/y: MLflow knows no store for the scheme "
+        "'nosuchscheme'; use a SQLite file (e.g. sqlite:///outputs/mlflow.db)"),
+    "rerun of a saved config that is not YAML": (
+        lambda p, tmp: ["train", f"rerun={run_saved_as(tmp, 'model: {name: [tiny')}",
+                        "trainer.device=cpu", f"hydra.run.dir={tmp / 'runs' / 'run'}"],
+        "error: {tmp}/damaged/.hydra/config.yaml is not valid YAML (line 1, column 20: "
+        "expected ',' or ']', but got '<stream end>'"),
+    "rerun of a saved config that is no mapping": (
+        lambda p, tmp: ["train", f"rerun={run_saved_as(tmp, '- model')}", "trainer.device=cpu",
+                        f"hydra.run.dir={tmp / 'runs' / 'run'}"],
+        "config.yaml is not a run's saved config (a mapping with model, data, optim, ...); "
+        "restore it, or pass rerun=PATH of another folder written by `train`"),
+    # The run and the device are checked before the images: one line about them, not a
+    # warning per image and an error about the images.
+    "predict: mistyped run, unreadable images": (
+        lambda p, tmp: ["predict", f"run={tmp / 'nosuch'}", *unreadable_images(tmp), "--out",
+                        str(tmp / "runs" / "p.csv")],
+        "error: {tmp}/nosuch does not exist; pass run=PATH of a folder written by `train`"),
+    "predict: a folder with no model.pt, unreadable images": (
+        lambda p, tmp: ["predict", f"run={p.earlier.parent}", *unreadable_images(tmp)],
+        "is not a finished run (no model.pt)"),
+    "predict: bad device, unreadable images": (
+        lambda p, tmp: ["predict", f"run={p.earlier}", "device=tpu", *unreadable_images(tmp)],
+        "error: device=tpu is not a device; use device=auto|cpu|cuda"),
 }
+# These are refused before anything is made: no run, book or output folder at all.
+BEFORE_ANY_FOLDER = {"study file not YAML", "study file not YAML, dry run",
+                     "study file not a mapping", "unknown MLflow store scheme",
+                     "rerun of a saved config that is not YAML",
+                     "rerun of a saved config that is no mapping",
+                     "predict: mistyped run, unreadable images",
+                     "predict: a folder with no model.pt, unreadable images",
+                     "predict: bad device, unreadable images"}
 CASES = ([name for name, _, _ in CONFIG_CASES] + [f"data: {name}" for name, _, _ in DATA_CASES]
          + list(OTHER_CASES))
 # A few cases run as real processes too: the exit code and the absence of a traceback are
 # what a process shows; one case per way out (Hydra's compose, the job, the OS, dispatch).
 IN_A_PROCESS = {"unknown model", "data: truncated", "unwritable output folder",
-                "unknown command"}
+                "unknown command", "study file not YAML"}
 
 
 @dataclass
@@ -156,11 +220,12 @@ def case(name: str, p: Places, tmp: Path) -> tuple[list[str], str]:
             return ["train", f"data.dir={p.damaged[data_name]}", "data.val_size=10",
                     *keep_out], message
     make, message = OTHER_CASES[name]
-    return make(p, tmp), message
+    return make(p, tmp), message.format(tmp=tmp)
 
 
-def test_there_are_42_bad_inputs():  # docs/robustness.md states the count
-    assert len(CASES) == len(set(CASES)) == 42
+def test_there_are_51_bad_inputs():  # docs/robustness.md states the count
+    assert len(CASES) == len(set(CASES)) == 51
+    assert BEFORE_ANY_FOLDER <= set(CASES)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -168,6 +233,8 @@ def test_a_bad_input_is_one_line_and_exit_2(name, places, cli, tmp_path):
     if name == "no GPU" and torch.cuda.is_available():
         pytest.skip("trainer.device=cuda is no error on a machine with a GPU "
                     "(tests/test_cli.py runs on it there)")
+    if name == "unknown MLflow store scheme":
+        pytest.importorskip("mlflow", reason="logger=mlflow needs the mlflow extra")
     args, message = case(name, places, tmp_path)
     result = run_cli(*args, cwd=tmp_path) if name in IN_A_PROCESS else cli(*args, cwd=tmp_path)
     err = result.stderr.strip()
@@ -177,3 +244,6 @@ def test_a_bad_input_is_one_line_and_exit_2(name, places, cli, tmp_path):
     assert digest(places.earlier) == places.before
     for run_dir in (tmp_path / "runs").glob("*"):  # no run folder that looks complete
         assert not (run_dir / "model.pt").exists()
+    if name in BEFORE_ANY_FOLDER:
+        assert not (tmp_path / "runs").exists() and result.stdout == ""
+        assert not (tmp_path / "outputs").exists()

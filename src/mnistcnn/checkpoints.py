@@ -48,6 +48,9 @@ def load_training_state(path: Path) -> dict | None:
 
 def load_checkpoint(run_dir: Path) -> dict:
     path = run_dir / "model.pt"
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} does not exist; pass run=PATH of a folder written by "
+                        f"`train` (outputs/runs/...)")
     if not path.is_file():
         raise UserError(f"{run_dir} is not a finished run (no model.pt); "
                         f"pass run=PATH of a folder written by `train`")

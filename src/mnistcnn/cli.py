@@ -22,7 +22,7 @@ from mnistcnn.compare import write as write_comparison
 from mnistcnn.config import CONF_DIR, choice, compose_config, register_configs
 from mnistcnn.console import console_logging
 from mnistcnn.errors import UserError, exit_with
-from mnistcnn.evaluation import classify, evaluate_run, write_image_predictions
+from mnistcnn.evaluation import classify, evaluate_run, open_run, write_image_predictions
 from mnistcnn.pages import amount, pct
 from mnistcnn.run import resume_run, train_run
 from mnistcnn.sweeps import check_config, precheck
@@ -144,13 +144,15 @@ def predict(args: list[str]) -> None:
     if "run" not in settings or not paths:
         raise UserError("usage: python -m mnistcnn predict run=PATH IMAGE_OR_FOLDER ... "
                         "[--out FILE.csv] [--show]")
+    # The run and the device first: a mistyped run= is heard of before any image is read.
+    run = open_run(settings["run"], typed_device(settings.get("device", "auto")))
     read, images, problems = digits.read_all(paths)
     for problem in problems:
         print(f"warning: {problem}; skipped", file=sys.stderr)
     if not read:
         raise UserError(f"no digit could be read from {' '.join(paths)}; pass PNG, JPEG or "
                         f"BMP files or folders holding them")
-    rows = classify(settings["run"], read, images, typed_device(settings.get("device", "auto")))
+    rows = classify(run, read, images)
     for row in rows:
         top = ", ".join(f"{name} {pct(p, 1)}" for name, p in row["top"])
         print(f"{row['file']}  {row['pred']}  {pct(row['confidence'], 1)}  top-3: {top}")
@@ -209,7 +211,8 @@ COMMANDS = {
     "compare": (compare, "compare run or sweep folders: compare PATH [PATH ...] [--out DIR]"),
     "studies": (studies, "run the study presets and write the book of findings: "
                          "studies [NAME|PATH ...] [KEY=VALUE ...] [--quick] [--jobs N] "
-                         "[--out DIR] [--resume] [--dry-run] [--book-only] [--publish DEST]"),
+                         "[--out DIR] [--resume] [--seeds N] [--dry-run] [--book-only] "
+                         "[--publish DEST]"),
     "predict": (predict, "classify image files with a finished run: predict run=PATH "
                 "IMAGE_OR_FOLDER ... [--out FILE.csv] [--show]"),
 }

@@ -19,6 +19,19 @@ def exit_with(message: str) -> None:
     raise SystemExit(2)
 
 
+def yaml_problem(error: Exception) -> str:
+    """A YAML parser's error as a phrase for one line: where (1-based) and what, and where
+    the construct it was reading began ("line 2, column 1: expected ',' or ']', but got
+    '<stream end>', while parsing a flow sequence that starts at line 1, column 8")."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+    context, start = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and start is not None and start is not mark:
+        text += f", {context} that starts at line {start.line + 1}, column {start.column + 1}"
+    return " ".join(text.split())
+
+
 class Diverged(Exception):
     """The training loss became NaN or infinite."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 from mnistcnn import data as data_mod
 from mnistcnn import files, report
@@ -52,19 +53,37 @@ def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
     return result
 
 
-def classify(run_dir: str | Path, paths: list[Path], images: np.ndarray,
-             device_name: str = "auto") -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class RunModel:
+    """A finished run's model.pt, loaded on its device for `predict`."""
+
+    run_dir: Path
+    model: torch.nn.Module
+    cfg: DictConfig
+    ckpt: dict
+    device: torch.device
+
+
+def open_run(run_dir: str | Path, device_name: str = "auto") -> RunModel:
+    """The device, then the run's model.pt and config: a one-line UserError for either,
+    before any image is read."""
+    device = resolve_device(device_name)
+    model, cfg, ckpt = load_run_model(Path(run_dir), device)
+    return RunModel(Path(run_dir), model, cfg, ckpt, device)
+
+
+def classify(run: RunModel, paths: list[Path], images: np.ndarray) -> list[dict]:
     """Per digit (uint8 [N, 28, 28], read from `paths`) by a finished run's model.pt,
     normalised as its training data was: file, predicted class name, its probability and
     the top 3 as (class name, probability)."""
-    device = resolve_device(device_name)
-    model, cfg, ckpt = load_run_model(Path(run_dir), device)
+    device, ckpt = run.device, run.ckpt
     split = data_mod.Split(torch.from_numpy(images).unsqueeze(1).to(device),
                            torch.zeros(len(images), dtype=torch.int64, device=device))
     # engine.predict reads only the normalisation from a Data; the digits are its test split.
     data = data_mod.Data(train=split, val=None, test=split, class_names=ckpt["class_names"],
                          mean=ckpt["mean"], std=ckpt["std"])
-    logits = predict(model, split, data, cfg.trainer.eval_batch_size, cfg.trainer.precision)
+    logits = predict(run.model, split, data, run.cfg.trainer.eval_batch_size,
+                     run.cfg.trainer.precision)
     names = data.class_names
     values, indices = torch.softmax(logits, dim=1).topk(min(3, len(names)), dim=1)
     return [{"file": str(path), "pred": names[idx[0]], "confidence": p[0],

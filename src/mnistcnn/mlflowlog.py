@@ -64,8 +64,10 @@ def check_available(cfg: DictConfig) -> None:
 
 @cache
 def prepare_store(uri: str) -> None:
-    """Make a SQLite store's folder and tables; a server's store is the server's business."""
+    """Make a SQLite store's folder and tables; a server's store is the server's business,
+    but its URI must be one MLflow can open a client for."""
     if not uri.startswith(SQLITE):
+        check_uri(uri)
         return
     Path(uri[len(SQLITE):]).parent.mkdir(parents=True, exist_ok=True)
     # MLflow says at INFO level that it creates and migrates tables: noise in train.log.
@@ -77,6 +79,30 @@ def prepare_store(uri: str) -> None:
     except MlflowException as e:
         raise UserError(f"logger.tracking_uri={uri} cannot be opened ({e.message}); point "
                         f"it at a writable file, e.g. {SQLITE}outputs/mlflow.db") from e
+
+
+def check_uri(uri: str) -> None:
+    """A UserError naming logger.tracking_uri when MLflow cannot make a client for it (an
+    unknown scheme, the retired file store, a database driver that is not installed)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
+    fix = f"use a SQLite file (e.g. {SQLITE}outputs/mlflow.db) or a tracking server " \
+          f"(http://HOST:PORT)"
+    try:
+        client(uri)
+    except UnsupportedModelRegistryStoreURIException:
+        scheme = uri.split("://", 1)[0] if "://" in uri else uri.split(":", 1)[0]
+        raise UserError(f"logger.tracking_uri={uri}: MLflow knows no store for the scheme "
+                        f"'{scheme}'; {fix}") from None
+    except MlflowException as e:
+        first = " ".join(e.message.split(". ")[0].split())
+        if "MLFLOW_ALLOW_FILE_STORE" in e.message:  # a folder: MLflow 3 retired that store
+            fix += ", or set MLFLOW_ALLOW_FILE_STORE=true to keep a folder"
+        raise UserError(f"logger.tracking_uri={uri} cannot be used ({first}); {fix}") from None
+    except ImportError as e:
+        raise UserError(f"logger.tracking_uri={uri} needs the Python package {e.name}, which "
+                        f"is not installed; install it, or {fix}") from None
 
 
 def client(uri: str):
