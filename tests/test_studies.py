@@ -30,6 +30,25 @@ PRESETS = ["activations", "batchnorm", "conv_depth", "features", "mobilenet", "n
            "pooling", "tiny"]
 
 
+# ----------------------------------------------------------------------------- calibration
+@pytest.fixture(autouse=True)
+def calibrations(monkeypatch) -> list[list[str]]:
+    """A dry run times the arms that have no finished run by training them briefly
+    (calibration.py, tested in test_seeds_and_calibration.py); here every such run is
+    timed at 100 s without training, and the jobs asked about are listed."""
+    asked: list[list[str]] = []
+
+    class Calibrator:
+        how, spent_s, rates = "3 epochs of 512 images per arm on cpu", 0.0, {}
+
+        def run_seconds(self, job: list[str]) -> float:
+            asked.append(job)
+            return 100.0
+
+    monkeypatch.setattr(studies.calibration, "Calibrator", Calibrator)
+    return asked
+
+
 # ----------------------------------------------------------------------------- run folders
 def make_run(folder: Path, seed: int, test_acc: float | None, classes=None, study=None,
              **config):
@@ -74,62 +93,82 @@ def rows_of(folder: Path):
 @pytest.fixture
 def book_dir(tmp_path) -> Path:
     """pooling: 2 arms x 3 seeds, one run failed, its questions in the runs' configs;
-    neurons: one seed per arm, its questions only in book.json; tiny: 10 vs 4 classes;
-    batchnorm: recorded, never ran."""
+    hidden: one seed per arm, its questions only in book.json; tiny: 10 vs 4 classes;
+    bn: recorded, never ran. pooling and tiny are presets, whose files ask the questions;
+    hidden and bn are no study file's, so book.json's record asks theirs."""
     out = tmp_path / "book"
     specs = [("max", 0, 0.990), ("max", 1, 0.991), ("max", 2, 0.992),
              ("avg", 0, 0.980), ("avg", 1, 0.982), ("avg", 2, None)]
     for i, (pool, seed, acc) in enumerate(specs):
         make_run(out / "pooling" / f"{i}_pool={pool},seed={seed}", seed, acc, pool=pool,
                  study=POOLING)
-    make_run(out / "neurons" / "0_a", 0, 0.97, pool="max")
-    make_run(out / "neurons" / "1_b", 0, 0.96, pool="avg")
+    make_run(out / "hidden" / "0_a", 0, 0.97, pool="max")
+    make_run(out / "hidden" / "1_b", 0, 0.96, pool="avg")
     tiny = {"title": "Tiny", "questions": [{"factor": "variant", "ask": "10 or 4 classes?"}]}
     make_run(out / "tiny" / "0_a", 0, 0.90, variant="tiny_10classes", study=tiny)
     make_run(out / "tiny" / "1_b", 0, 0.95, classes=GROUPS, variant="tiny_4classes", study=tiny)
     (out / book.BOOK_FILE).write_text(json.dumps({
-        "wall_s": {"pooling": 61.0, "neurons": 5.0, "tiny": 7.0}, "machine": "test box",
-        "commands": ["python -m mnistcnn studies pooling neurons tiny"],
-        "studies": {"neurons": {"title": "Hidden neurons", "questions": [
+        "wall_s": {"pooling": 61.0, "hidden": 5.0, "tiny": 7.0}, "machine": "test box",
+        "commands": ["python -m mnistcnn studies pooling hidden tiny"],
+        "studies": {"hidden": {"title": "Hidden neurons", "questions": [
                         {"factor": "model.pool", "ask": "50 or 25?"}]},
-                    "batchnorm": {"title": "Batch norm", "questions": [
+                    "bn": {"title": "Batch norm", "questions": [
                         {"factor": "model.batchnorm", "ask": "Does BN help?"}]}}}))
     return out
 
 
 def test_book_answers_every_question_from_the_runs(book_dir):
-    written = book.write(book_dir, ["pooling", "neurons", "tiny", "batchnorm"])
+    written = book.write(book_dir, ["pooling", "hidden", "tiny", "bn"])
     assert [r.path.name for r in written.failed] == ["5_pool=avg,seed=2"]
     md = (book_dir / "STUDIES.md").read_text()
     assert "Smoke runs" not in md  # full-length runs: no warning
     findings = md.split("## Findings")[1].split("\n## ")[0]
-    assert "| study | question | answer |" in findings
-    assert ("| pooling | Max or average pooling? | pool=max is 1.00 points above pool=avg "
-            "(99.10% vs 98.10%, n = 2–3 per arm); Welch p = ") in findings
-    assert "1 run(s) did not complete and are left out." in findings
-    assert "| batchnorm | Does BN help? | Not run yet. |" in findings
-    assert "| neurons | 50 or 25? | pool=max is 1.00 points above pool=avg" in findings
+    assert "| study | question | verdict | numbers (points; interval, adjusted p) |" in findings
+    # The pooling preset's question now (kind best), of the runs' numbers.
+    assert ("| pooling | Max or average pooling in the classic net? | **pool=max is better than "
+            "pool=avg** | max − avg +1.00 [") in findings
+    assert "| bn | Does BN help? | Not run yet. |  |" in findings
+    assert "| hidden | 50 or 25? | **Not tested at n = 1 per arm** | n = 1 per arm, no test |" \
+        in findings
     pooling = md.split("## pooling")[1].split("\n## ")[0]
     assert "**Pooling in the classic net**" in pooling
-    assert "### Max or average pooling?" in pooling and "| vs pool=avg (points) |" in pooling
+    assert "### Max or average pooling in the classic net?" in pooling
+    assert "**pool=max is better than pool=avg.** pool=max − pool=avg +1.00 points" in pooling
+    assert "1 run(s) did not complete and are left out." in pooling
+    assert "![pool=max is better than pool=avg](pooling/question1.png)" in pooling
+    assert (book_dir / "pooling" / "question1.png").is_file()
+    assert "| comparison | difference (points) | interval | test | p | p adjusted |" in pooling
     assert "| seeds | 0, 1, 2 (3 per arm) |" in pooling and "| model | classic |" in pooling
     assert "| split | val_size=10000 |" in pooling  # unset keys left out
     assert "failed (seed 2, 5_pool=avg,seed=2) | CUDA out of memory" in pooling
     assert "![test accuracy](pooling/test_acc.png)" in pooling
     assert (book_dir / "pooling" / "test_acc.png").is_file()
     assert "| 9 | 90.10 ± 0.10 | 89.10 ± 0.14 |" in pooling  # recall per class and arm
-    neurons = md.split("## neurons")[1].split("\n## ")[0]
-    assert "**Hidden neurons**" in neurons  # title from book.json: the runs carry none
-    assert "needs two seeds per arm (n = 1 and 1)" in neurons
+    hidden = md.split("## hidden")[1].split("\n## ")[0]
+    assert "**Hidden neurons**" in hidden  # title from book.json: the runs carry none
+    assert "one seed per arm (n = 1 and 1) has no spread to test with" in hidden
     tiny = md.split("## tiny")[1].split("\n## ")[0]
     assert "different class sets (4 classes: variant=tiny_4classes; 10 classes: " in tiny
+    assert "**Described, not tested.** Not tested: the arms predict different class sets" in tiny
     assert "| {2,3,5,8} |" in tiny
     machine = md.split("## Machine and time")[1]
     assert "| machine | test box |" in machine and "| wall time, all studies | 1m13s |" in machine
     assert "| wall time: pooling | 1m01s |" in machine and "| device | cpu |" in machine
-    assert "| command | python -m mnistcnn studies pooling neurons tiny |" in machine
+    assert "| command | python -m mnistcnn studies pooling hidden tiny |" in machine
     assert "| training step | eager |" in machine and "| torch | 2.x |" in machine
     assert "| code | mnistcnn 0.1.0, commit 0123456789ab |" in machine
+
+
+def test_a_study_that_another_study_trained_too_says_so(tmp_path):
+    for name, label in (("first", "pool=max"), ("second", "pool=max")):
+        for seed in (0, 1):
+            make_run(tmp_path / name / f"{seed}_{label},seed={seed}", seed, 0.99 - seed / 100,
+                     pool="max", study=POOLING)
+        make_run(tmp_path / name / f"2_{name}", 0, 0.98, pool="avg" if name == "first"
+                 else "max", study=POOLING, **{"variant": "other"} if name == "second" else {})
+    md = book.markdown(book.load(tmp_path, ["first", "second"]))
+    assert md.count("Trained in another study too (the same settings and seeds, so the same "
+                    "runs twice):") == 2
 
 
 def test_a_book_of_short_runs_says_so_at_the_top(book_dir):
@@ -141,8 +180,8 @@ def test_a_book_of_short_runs_says_so_at_the_top(book_dir):
     assert "**Smoke runs, not findings: the runs of this book are shorter than their " \
            "studies' protocol (quick=on: 1 epoch and 1,000 training images a run)." in top
     findings = md.split("## Findings")[1].split("\n## ")[0]
-    assert "| study | question | what the smoke runs measured |" in findings
-    assert "| Smoke runs, shorter than the protocol: not a finding. pool=max is" in findings
+    assert "| pooling | Max or average pooling in the classic net? | **Smoke runs, not a " \
+           "finding** |" in findings
     assert "wins" not in findings
 
 
@@ -150,9 +189,12 @@ def test_book_html_is_self_contained(book_dir):
     book.write(book_dir, ["pooling", "tiny"])
     page = (book_dir / "studies.html").read_text()
     assert page.count('<section id="') == 2 and "<h2>Findings</h2>" in page
-    assert page.count("data:image/png;base64,") == 6  # 3 figures per study
+    # 3 comparison figures per study, and each question's picture (tiny's second question
+    # has nothing to compare: its levels did not run).
+    assert page.count("data:image/png;base64,") == 3 + 3 + 1 + 1
     assert 'src="http' not in page and "<script" not in page
-    assert "<h3>Max or average pooling?</h3>" in page
+    assert "<h3>Max or average pooling in the classic net?</h3>" in page
+    assert "<b>pool=max is better than pool=avg.</b>" in page
 
 
 def test_the_studies_are_the_presets_with_a_study_block():
@@ -290,12 +332,24 @@ def study_file(tmp_path: Path, text: str = DROPOUT_STUDY, name: str = "dropout")
      "hydra.sweeper.params or ask about one of those"),
     (("baseline: 0.0", "baseline: 0.1"),
      "question 1: baseline 0.1 is not a level of model.dropout (0.0, 0.25, 0.5)"),
+    (("baseline: 0.0", "baseline: 0.0\n      kind: biggest"),
+     "question 1: kind biggest is not one of baseline, best, enough, describe"),
+    (("baseline: 0.0", "baseline: 0.0\n      margin: -0.5"),
+     "question 1: margin -0.5 must be a positive number of points of test accuracy"),
 ])
 def test_a_wrong_study_file_is_one_line_before_anything_runs(tmp_path, change, message):
     path = study_file(tmp_path, DROPOUT_STUDY.replace(*change))
     with pytest.raises(UserError, match=re.escape(f"study dropout (dropout.yaml), {message}")):
         studies.run_studies([path, "--out", str(tmp_path / "b")])
     assert not (tmp_path / "b").exists()
+
+
+def test_a_baseline_is_matched_by_value_not_spelling(tmp_path, capsys):
+    """The sweep writes 0.0 and the runs record 0.0: baseline 0 is that level."""
+    studies.run_studies([study_file(tmp_path, DROPOUT_STUDY.replace("baseline: 0.0",
+                                                                    "baseline: 0")),
+                         "--dry-run"])
+    assert "dropout: 3 arm(s) x 3 seed(s) = 9 runs" in capsys.readouterr().out
 
 
 def test_a_misspelt_study_block_is_a_config_error(tmp_path):
@@ -316,18 +370,20 @@ def test_a_study_file_without_questions_or_named_as_a_preset(tmp_path):
         studies.check(studies.parse(["nowhere.yaml"]))
 
 
-def test_dry_run_plans_every_study_and_runs_nothing(tmp_path, capsys):
+def test_dry_run_plans_every_study_and_runs_nothing(tmp_path, capsys, calibrations):
     studies.run_studies(["--dry-run", study_file(tmp_path), "pooling", "features", "--quick"])
+    how = "calibrated: 3 epochs of 512 images per arm on cpu"
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
-        "dropout: 3 arm(s) x 1 seed(s) = 3 runs; no estimate",
-        "pooling: 2 arm(s) x 1 seed(s) = 2 runs; no estimate",
-        "features: 4 arm(s) x 1 seed(s) = 4 runs; no estimate",
-        "in all: 9 runs, 9 to run; no estimate; nothing was run"]
+        f"dropout: 3 arm(s) x 1 seed(s) = 3 runs; ~5m00s ({how})",
+        f"pooling: 2 arm(s) x 1 seed(s) = 2 runs; ~3m20s ({how})",
+        f"features: 4 arm(s) x 1 seed(s) = 4 runs; ~6m40s ({how})",
+        f"in all: 9 runs, 9 to run; ~15m00s ({how}); no study was run"]
+    assert len(calibrations) == 9 and all("quick=on" in job for job in calibrations)
     studies.run_studies(["--dry-run", "tiny", "mobilenet"])
     assert capsys.readouterr().out.splitlines()[:2] == [
-        "tiny: 5 arm(s) x 3 seed(s) = 15 runs; no estimate",
-        "mobilenet: 6 arm(s) x 3 seed(s) = 18 runs; no estimate"]
+        f"tiny: 5 arm(s) x 3 seed(s) = 15 runs; ~25m00s ({how})",
+        f"mobilenet: 6 arm(s) x 3 seed(s) = 18 runs; ~30m00s ({how})"]
 
 
 def test_book_runs_skip_reports_unless_asked(tmp_path):
@@ -398,8 +454,7 @@ def test_dry_run_of_a_started_book_counts_and_times_its_runs(quick_book, capsys)
     studies.run_studies([*again, "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("pooling: 2 arm(s) x 3 seed(s) = 6 runs; 4 complete in ")
-    assert "2 to run; ~" in lines[0] and "for 2 of them from finished runs of the same arm" \
-        in lines[0]
+    assert "2 to run; ~" in lines[0] and lines[0].endswith("(from finished runs of the same arm)")
 
 
 @pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)

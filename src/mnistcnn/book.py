@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mnistcnn import compare, files, pages, questions
+from mnistcnn import compare, files, pages, plots, questions, study_files
 from mnistcnn.compare import Comparison, Row
 from mnistcnn.errors import UserError
 from mnistcnn.metrics import Stat, pooled
 from mnistcnn.pages import ABSENT, Block, Heading, Paragraph, Section, Table, mean_std
-from mnistcnn.settings import show_value
+from mnistcnn.settings import NOT_SETTINGS, show_value
 
 BOOK_FILE = "book.json"  # what `studies` records: command(s), wall times, machine, studies
 QUICK = "quick=on: 1 epoch and 1,000 training images a run"  # conf/quick/on.yaml
@@ -42,14 +42,22 @@ class Study:
     asks: list[str] = field(default_factory=list)  # the questions, answered or not
 
 
-def study_block(comp: Comparison | None, recorded: dict | None) -> dict:
-    """The study's title and questions: from its runs' configs, else as `studies` recorded
-    them in book.json."""
+def study_block(name: str, out_dir: Path, comp: Comparison | None, recorded: dict | None
+                ) -> dict:
+    """The study's title and questions: from its study file as it is now (questions are
+    asked of the runs and change nothing they trained, so a question can be added or
+    sharpened and the book rebuilt without training), else as `studies` recorded them in
+    book.json, else from its runs' configs."""
+    current = study_files.current_block(name, out_dir)
+    if current:
+        return current
+    if recorded:
+        return recorded
     for run in comp.runs if comp else []:
         if run.config.get("study.title") is not None or run.config.get("study.questions"):
             return {"title": run.config.get("study.title") or "",
                     "questions": run.config.get("study.questions") or []}
-    return recorded or {}
+    return {}
 
 
 def load_study(out_dir: Path, name: str, wall_s: float | None, recorded: dict | None = None,
@@ -60,13 +68,34 @@ def load_study(out_dir: Path, name: str, wall_s: float | None, recorded: dict | 
     except UserError:  # no folder, or no run in it yet
         runs = []
     comp = compare.build(runs) if runs else None
-    block = study_block(comp, recorded)
+    block = study_block(name, out_dir, comp, recorded)
     asked = questions.questions_of(block)
     short = provisional or any(r.config.get("quick") == "on" for r in runs)
     answers = [questions.answer(q, runs, short) for q in asked] if comp else []
-    return Study(name, folder, comp, wall_s,
-                 compare.draw_figures(comp, folder) if comp else {}, block.get("title") or name,
+    images = compare.draw_figures(comp, folder) if comp else {}
+    for number, a in enumerate(answers, 1):
+        if a.contrasts:
+            images[question_figure(number)] = plots.save_png(folder / question_figure(number),
+                                                             effects_figure(a))
+    return Study(name, folder, comp, wall_s, images, block.get("title") or name,
                  answers, [q.ask for q in asked])
+
+
+def question_figure(number: int) -> str:
+    return f"question{number}.png"
+
+
+def is_question_figure(name: str) -> bool:
+    return name.startswith("question") and name.endswith(".png")
+
+
+def effects_figure(a: questions.Answer):
+    """The answer's comparisons with their intervals against zero (and the margin)."""
+    name = questions.short(a.question.factor)
+    rows = [(f"{name}={c.level} − {c.reference}" + (f"\nat {c.at}" if c.at else ""), c.diff,
+             c.low, c.high, questions.reading(c, a.question.margin)) for c in a.contrasts]
+    return plots.effects(rows, a.question.margin, a.question.procedure == "enough",
+                         f"{a.question.ask}\n{a.verdict}")
 
 
 PROTOCOL = [  # (what, config keys shown together)
@@ -165,6 +194,33 @@ def load(out_dir: str | Path, names: Sequence[str]) -> Book:
                       for n in names], record)
 
 
+def training_key(run: compare.Run, seed: bool = True) -> frozenset:
+    """What a run trained: its settings but those that change nothing it trained (where it
+    ran, how it is reported, what its study asks) and the preset that launched it."""
+    return frozenset((k, show_value(v)) for k, v in run.config.items()
+                     if not k.startswith(NOT_SETTINGS) and k != "experiment"
+                     and (seed or k != "seed"))
+
+
+def shared_arms(book: Book, study: Study) -> list[str]:
+    """The study's arms that another study of the book trained too (same settings, seeds
+    included): one sentence each, naming the arm there."""
+    if study.comparison is None:
+        return []
+    elsewhere: dict[frozenset, tuple[str, str]] = {}
+    for other in book.studies:
+        if other is not study and other.comparison:
+            for row in other.comparison.rows:
+                if row.completed:
+                    elsewhere[frozenset(map(training_key, row.runs))] = (other.name, row.label)
+    found = []
+    for row in study.comparison.rows:
+        match = elsewhere.get(frozenset(map(training_key, row.runs)))
+        if row.completed and match:
+            found.append(f"{row.label} here is {match[1]} in {match[0]}")
+    return found
+
+
 def shortened_note(book: Book) -> list[str]:
     """The warning at the top of a book whose runs are shorter than the protocol."""
     if not book.shortened:
@@ -176,22 +232,29 @@ def shortened_note(book: Book) -> list[str]:
 
 
 def findings_table(book: Book) -> tuple[list[str], list[list[str]]]:
-    """One row per question: the study, the question and its computed answer."""
+    """One row per question: the study, the question, its verdict and its numbers in short
+    (the whole answer is in the study's section)."""
     body = []
     for s in book.studies:
         if not s.answers:
-            body += [[s.name, ask, "Not run yet."] for ask in s.asks or [s.title]]
-        body += [[s.name, a.question.ask, a.sentence] for a in s.answers]
-    header = "what the smoke runs measured" if book.shortened else "answer"
-    return ["study", "question", header], body
+            body += [[s.name, ask, "Not run yet.", ""] for ask in s.asks or [s.title]]
+        body += [[s.name, a.question.ask, f"**{a.verdict}**", a.brief] for a in s.answers]
+    return ["study", "question", "verdict", "numbers (points; interval, adjusted p)"], body
 
 
 def answer_blocks(study: Study) -> list[Block]:
-    """Each question of a study under its own heading: the answer, then its tables."""
-    return [Section(a.question.ask, [Paragraph(a.sentence), *(
-        block for title, table in a.tables
-        for block in (Paragraph(title, style="label"), Table(*table)))], level=3)
-        for a in study.answers]
+    """Each question of a study under its own heading: the verdict in bold and the answer,
+    its picture, then its tables."""
+    blocks = []
+    for number, a in enumerate(study.answers, 1):
+        figure = question_figure(number)
+        picture = ([pages.Image(f"{study.name}/{figure}", study.images[figure], a.verdict)]
+                   if figure in study.images else [])
+        blocks.append(Section(a.question.ask, [
+            Paragraph(f"**{a.verdict}.** {a.sentence}"), *picture,
+            *(block for title, table in a.tables
+              for block in (Paragraph(title, style="label"), Table(*table)))], level=3))
+    return blocks
 
 
 def machine_rows(book: Book) -> list[list[str]]:
@@ -246,6 +309,10 @@ def study_blocks(book: Book, s: Study) -> list[Block]:
     if s.comparison is None:
         return [*out, Paragraph(f"Not run yet: no run folders in `{s.name}/`.")]
     out.append(Table(["protocol", ""], protocol(s.comparison), style="text"))
+    shared = shared_arms(book, s)
+    if shared:
+        out.append(Paragraph("Trained in another study too (the same settings and seeds, so "
+                             "the same runs twice): " + "; ".join(shared) + "."))
     out += answer_blocks(s)
     out += compare.blocks(s.comparison, book.out_dir, s.images, level=3,
                           image_dir=f"{s.name}/", per_epoch=False)

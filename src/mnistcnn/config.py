@@ -362,12 +362,16 @@ class ReportConfig:
 class QuestionConfig:
     """One question of a study (docs/studies-guide.md): the factor it is about (a key the
     sweep varies, a config group such as optim, or variant), optionally the baseline level
-    ("does X help?") and the levels it is about (default: all)."""
+    ("does X help?"), the levels it is about (default: all), its kind (questions.KINDS:
+    baseline, best, enough, describe; default baseline with a baseline, else best) and a
+    margin in points of test accuracy (what "enough" or "no difference" allows)."""
 
     factor: str = MISSING
     ask: str = ""
     baseline: Any = None
     levels: Any = None  # a list of levels, or null
+    kind: str | None = None
+    margin: float | None = None
 
 
 @dataclass

@@ -80,11 +80,13 @@ def md_table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
 def html_table(header: Sequence[str], body: Sequence[Sequence[Any]],
                row_classes: Sequence[str] | None = None, css_class: str = "") -> str:
     """An HTML table; row_classes (one CSS class per row, "" for none) marks rows;
-    css_class="text" left-aligns and wraps every cell (tables of sentences)."""
+    css_class="text" left-aligns and wraps every cell (tables of sentences, whose **bold**
+    and `code` spans are kept as in prose)."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     classes = row_classes or [""] * len(body)
+    cell = prose if css_class == "text" else esc
     rows = "".join((f'<tr class="{kind}">' if kind else "<tr>")
-                   + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>"
+                   + "".join(f"<td>{cell(str(c))}</td>" for c in cells) + "</tr>"
                    for kind, cells in zip(classes, body, strict=True))
     table = f'<table class="{css_class}">' if css_class else "<table>"
     return f"{table}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"

@@ -361,6 +361,45 @@ def accuracy_bars(arms: Sequence[tuple[str, Stat]], title: str) -> Figure:
     return fig
 
 
+def effects(rows: Sequence[tuple[str, float, float | None, float | None, str]],
+            margin: float | None, one_sided_margin: bool, title: str) -> Figure:
+    """A question's effects at a glance: one row per comparison (label, difference,
+    interval low, high, reading), the first on top, a dot at the difference and a bar over
+    its interval, against a zero line; the margin as a band (±margin) or, for "enough",
+    a line at -margin with the band above it. Points of test accuracy."""
+    # Verdicts are long runs of name=level words, wider per character than the prose that
+    # CHARS_PER_INCH is measured on: wrap them shorter.
+    title = "\n".join(textwrap.fill(line, int(0.8 * BARS_WIDTH * CHARS_PER_INCH))
+                      for line in title.splitlines())
+    fig = _figure(BARS_WIDTH, _title_height(title, BARS_WIDTH) + 0.9 + 0.45 * len(rows), title)
+    ax = fig.add_subplot()
+    y = list(range(len(rows)))[::-1]
+    if margin is not None:
+        ax.axvspan(-margin, 1e9 if one_sided_margin else margin, color="tab:green", alpha=0.12,
+                   lw=0, label=f"margin {margin:g} points")
+        ax.axvline(-margin, color="tab:green", lw=1, ls="--")
+    ax.axvline(0, color="0.3", lw=1)
+    ends = [0.0] + [-margin if margin else 0.0]
+    for yi, (_, diff, low, high, reading) in zip(y, rows, strict=True):
+        color = "tab:blue" if low is not None else "0.5"
+        if low is not None:
+            ax.plot([low, high], [yi, yi], color=color, lw=2.5, solid_capstyle="butt")
+            ends += [low, high]
+        ax.plot([diff], [yi], "o", color=color, markersize=6)
+        ends.append(diff)
+        ax.annotate(reading, (diff, yi), xytext=(0, 7), textcoords="offset points",
+                    ha="center", fontsize=7, color="0.25")
+    pad = max(0.1, 0.08 * (max(ends) - min(ends)))
+    ax.set_xlim(min(ends) - pad, max(ends) + pad)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_yticks(y, [label for label, *_ in rows], fontsize=8)
+    ax.set_xlabel("difference in test accuracy (points), with the interval of its test")
+    ax.grid(axis="x", alpha=0.3)
+    if margin is not None:
+        ax.legend(loc="lower right", fontsize=7, frameon=False)
+    return fig
+
+
 # ----------------------------------------------------------------------------- predict
 def prediction_sheet(images: np.ndarray, rows: Sequence[dict], source: str) -> Figure:
     """predict --show: the 28x28 inputs as the model saw them, each captioned with its file

@@ -36,7 +36,8 @@ def earlier_publish(study: Path) -> Path | None:
     UserError when it holds anything else."""
     if not study.exists():
         return None
-    foreign = [p for p in study.rglob("*") if p.is_file() and p.name not in WRITTEN]
+    foreign = [p for p in study.rglob("*") if p.is_file() and p.name not in WRITTEN
+               and not book.is_question_figure(p.name)]
     if foreign:
         raise UserError(f"{study} holds {foreign[0].relative_to(study.parent)}, which a publish "
                         f"does not write; --publish into an empty folder or an earlier publish")

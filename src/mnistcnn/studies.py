@@ -6,8 +6,11 @@ exactly what the preset's own command runs (and its comparison, resume and failu
 handling are the sweep's); its console output goes to DIR/NAME.log. While it runs, the
 finished runs are counted from the job folders' summary.json files and a progress line
 goes to stderr. A failed study never stops the book; the command exits 1 at the end
-when any run did not complete. --dry-run plans, --book-only writes the book of finished
-folders, --publish copies what a reader needs to rebuild it (publish.py); none trains.
+when any run did not complete. --seeds N runs seeds 0..N-1 of every arm and continues an
+existing book, training only the runs it lacks. --dry-run plans (timing arms that have no
+finished run by a short calibration, calibration.py, and saying for each question of a
+started book how many seeds would decide it and at what cost), --book-only writes the book
+of finished folders, --publish copies what a reader needs to rebuild it (publish.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import importlib.util
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +29,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from mnistcnn import book, files, publish, study_files
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from mnistcnn import book, calibration, files, publish, questions, study_files
 from mnistcnn.errors import UserError
 from mnistcnn.signals import stop_signals_to
 from mnistcnn.study_files import StudyFile
@@ -36,7 +42,6 @@ POLL_S = 2.0  # how often a running study's folder is counted for the progress l
 ENDED = ("completed", "failed", "diverged", "interrupted")  # a summary.json status: not running
 # Overrides that make runs shorter than their study's protocol: the book then says so.
 SHORTENING = ("trainer.epochs", "data.limit", "trainer.early_stop")
-STUDY_FILES = "study_files"  # DIR/study_files/experiment/NAME.yaml: people's study files
 
 
 def parse(args: list[str]) -> argparse.Namespace:
@@ -59,11 +64,18 @@ def parse(args: list[str]) -> argparse.Namespace:
                              "goes to DIR/NAME/")
     parser.add_argument("--resume", action="store_true",
                         help="continue the book in --out DIR: completed runs are kept")
+    parser.add_argument("--seeds", metavar="N",
+                        help="run seeds 0..N-1 of every arm (instead of the study file's "
+                             "seed sweep); on an existing --out DIR only the runs it lacks "
+                             "are trained, so a finished book grows by the new seeds")
     parser.add_argument("--reports", action="store_true",
                         help="also write every run's report.html and plots (off by default)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print every study's arms x seeds, the runs already complete in "
-                             "--out DIR and a time estimate from them; nothing runs")
+                             "--out DIR, a time estimate (from finished runs of the same arm, "
+                             "else from a short calibration of the arm on this device) and, "
+                             "for a started book, the seeds that would decide each question; "
+                             "no run is made")
     parser.add_argument("--book-only", action="store_true",
                         help="write the book of --out DIR from its study folders; nothing runs")
     parser.add_argument("--publish", metavar="DEST",
@@ -73,10 +85,47 @@ def parse(args: list[str]) -> argparse.Namespace:
     return parser.parse_intermixed_args(args)
 
 
+def seeds_override(n: int) -> str:
+    return "seed=" + ",".join(str(s) for s in range(n))
+
+
+def with_seeds(overrides: Sequence[str], n: int) -> list[str]:
+    """overrides with seeds 0..n-1 in place of any seed they set. Hydra's sweeper puts a
+    key that the command line sets where the study file's sweep has it, so the jobs come
+    in the file's order (for the presets: each arm's seeds together)."""
+    parser = OverridesParser.create()
+    kept = [o for o in overrides if parser.parse_override(o).key_or_group != "seed"]
+    return [*kept, seeds_override(n)]
+
+
+def check_seeds(opts: argparse.Namespace, overrides: Sequence[str]) -> int | None:
+    """--seeds N as a number, or None when not given."""
+    if opts.seeds is None:
+        return None
+    try:
+        n = int(opts.seeds)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UserError(f"--seeds {opts.seeds}: must be a whole number >= 1 (the seeds "
+                        f"0..N-1 of every arm)")
+    if opts.book_only:
+        raise UserError("--seeds and --book-only: --book-only trains nothing; drop one")
+    typed = [o for o in overrides if o.lstrip("+~").startswith("seed=")]
+    if typed:
+        raise UserError(f"--seeds {n} and {typed[0]}: choose one (--seeds {n} runs seeds "
+                        f"0..{n - 1})")
+    return n
+
+
 def check(opts: argparse.Namespace) -> tuple[list[StudyFile], list[str]]:
-    """(studies, overrides); a mistake is a UserError before anything runs."""
+    """(studies, overrides); a mistake is a UserError before anything runs. --seeds N
+    comes back as the override of the seed sweep."""
     names = [i for i in opts.items if "=" not in i]
     overrides = [i for i in opts.items if "=" in i]
+    seeds = check_seeds(opts, overrides)
+    if seeds is not None:
+        overrides = with_seeds(overrides, seeds)
     if opts.jobs < 1:
         raise UserError(f"--jobs {opts.jobs}: must be >= 1")
     if opts.jobs > 1 and importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
@@ -100,7 +149,8 @@ def study_overrides(name: str, out: Path, opts: argparse.Namespace,
     """The `train -m` overrides of one study of the book."""
     extra = [f"+experiment={name}", f"hydra.sweep.dir={out / name}"]
     extra += ["quick=on"] if opts.quick else []
-    extra += ["resume=true"] if opts.resume else []
+    # --seeds continues a book: the runs it has are kept, only the missing ones train.
+    extra += ["resume=true"] if opts.resume or opts.seeds is not None else []
     # A book is ~90 runs: each run's report (t-SNE alone ~5 s) is written only on request.
     if not opts.reports and not any(o.lstrip("+").startswith("report.") for o in overrides):
         extra.append("report.enabled=false")
@@ -192,31 +242,137 @@ def book_args(studies: Sequence[StudyFile], out: Path, opts: argparse.Namespace,
              for s in studies}, search)
 
 
-def estimate_text(pending: int, seconds: float, timed: int) -> str:
-    """How long the pending runs take, as far as finished runs of the same arm tell."""
+FROM_RUNS = "from finished runs of the same arm"
+
+
+def about(seconds: float) -> str:
+    """An estimate: to the second below an hour, to the minute above."""
+    if seconds < 3600:
+        return book.duration(seconds)
+    return book.duration(round(seconds / 60) * 60).removesuffix("00s")
+
+
+def estimate_text(pending: int, timed_s: float, timed: int, calibrated_s: float = 0.0,
+                  calibrated: int = 0, how: str = "", failed: Sequence[str] = ()) -> str:
+    """How long the pending runs take, and where that comes from: finished runs of the
+    same arm, a calibration of the arm on this device, or both."""
     if pending == 0:
         return ""
-    if timed == 0:
-        return "no estimate"
-    rest = f", no estimate for {pending - timed} more" if pending > timed else ""
-    return f"~{book.duration(seconds)} for {timed} of them from finished runs of the same arm{rest}"
+    sources = []
+    if timed:
+        sources.append(FROM_RUNS if timed == pending else f"{timed} {FROM_RUNS}")
+    if calibrated:
+        sources.append(f"calibrated: {how}" if calibrated == pending
+                       else f"{calibrated} calibrated: {how}")
+    if timed + calibrated < pending:  # only where a calibration could not run
+        why = f" ({failed[0]})" if failed else ""
+        if not timed + calibrated:
+            return f"no estimate{why}"
+        sources.append(f"no estimate for {pending - timed - calibrated}{why}")
+    return f"~{about(timed_s + calibrated_s)} ({'; '.join(sources)})"
+
+
+def plan_estimate(p: study_files.Plan, how: str) -> str:
+    return estimate_text(p.pending, p.timed_s, p.timed, p.calibrated_s, p.calibrated, how,
+                         p.failed)
+
+
+def calibrate(plans: Sequence[study_files.Plan], per_study: dict[str, list[str]],
+              calibrator: calibration.Calibrator) -> None:
+    """Time the runs of every arm that has no finished run by a calibration of the arm."""
+    for p in plans:
+        for arm, (job, count) in p.untimed.items():
+            try:
+                seconds = calibrator.run_seconds(job)
+            except UserError as e:  # its data or its config: the runs would stop there too
+                label = study_files.arm_label(p.name, arm, per_study[p.name])
+                p.failed.append(f"{p.name} {label}: {e}")
+                continue
+            p.calibrated_s += seconds * count
+            p.calibrated += count
+
+
+def answers_of(out: Path, name: str) -> list:
+    """The answers a book of out's runs gives the study's questions now. book.load draws
+    the study's figures into its folder and a dry run writes nothing, so it loads a copy of
+    the small files that rebuild a book (publish.py) in a scratch folder."""
+    with tempfile.TemporaryDirectory(prefix="mnistcnn-dry-run-") as scratch:
+        view = Path(scratch)
+        publish.copy_small_files(out, [name], view)
+        if (out / book.BOOK_FILE).is_file():
+            shutil.copyfile(out / book.BOOK_FILE, view / book.BOOK_FILE)
+        if (out / study_files.BOOK_COPIES).is_dir():  # people's study files: their questions now
+            shutil.copytree(out / study_files.BOOK_COPIES, view / study_files.BOOK_COPIES)
+        return book.load(view, [name]).studies[0].answers
+
+
+def n_text(finished: Sequence[int]) -> str:
+    low, high = min(finished, default=0), max(finished, default=0)
+    return f"n = {low}" if low == high else f"n = {low}–{high}"
+
+
+def decided_text(answer: questions.Answer, n: str) -> str:
+    """What an answer without seeds to add says: decided, described without a test, or
+    open with no estimate (too few runs to test, or more seeds than is practical)."""
+    if not answer.contrasts or answer.question.procedure == "describe":
+        return f"described at {n}, with no test for more seeds to decide"
+    if any(c.open or c.untested for c in answer.contrasts):
+        return f"not decided at {n}, and no estimate of the seeds that would decide it"
+    return f"decided at {n}"
+
+
+def question_lines(p: study_files.Plan, overrides: list[str], out: Path,
+                   calibrator: calibration.Calibrator) -> list[str]:
+    """Each question of a started study: decided, or the seeds per arm that would decide it
+    (Answer.seeds_needed: the N of --seeds N) and what --seeds N would add to the book, timed
+    as the plan times runs."""
+    lines, costs = [], {}
+    for number, answer in enumerate(answers_of(out, p.name), 1):
+        head = f"  Q{number} {answer.question.ask}"
+        needed = answer.seeds_needed
+        if not needed:
+            lines.append(f"{head}: {decided_text(answer, n_text(p.finished))}")
+            continue
+        if needed not in costs:
+            more = study_files.plan(p.name, with_seeds(overrides, needed), out / p.name)
+            calibrate([more], {p.name: overrides}, calibrator)
+            estimate = plan_estimate(more, calibrator.how)
+            costs[needed] = f"adds {more.pending} runs" + (f", {estimate}" if estimate else "")
+        lines.append(f"{head}: {needed} seeds per arm would decide it: --seeds {needed} "
+                     f"{costs[needed]}")
+    return lines
 
 
 def dry_run(per_study: dict[str, list[str]], out: Path, resuming: bool) -> None:
-    """The plan of the book on stdout; nothing runs and nothing is written."""
+    """The plan of the book on stdout; no run is made and nothing is written. Arms with no
+    finished run are timed by a calibration here (in a scratch folder, then deleted)."""
     plans = [study_files.plan(name, args, out / name if resuming else None)
              for name, args in per_study.items()]
+    calibrator = calibration.Calibrator()
+    untimed = sum(len(p.untimed) for p in plans)
+    if untimed:
+        print(f"timing {untimed} arm(s) with no finished run: {calibrator.how}, once per "
+              f"distinct config ...", file=sys.stderr, flush=True)
+    calibrate(plans, per_study, calibrator)
+    if untimed:
+        print(f"timed {len(calibrator.rates)} distinct config(s) in "
+              f"{book.duration(calibrator.spent_s)}", file=sys.stderr, flush=True)
     for p in plans:
         line = f"{p.name}: {p.arms} arm(s) x {p.seeds} seed(s) = {p.runs} runs"
         if resuming:
             line += f"; {p.complete} complete in {out / p.name}, {p.pending} to run"
-        estimate = estimate_text(p.pending, p.estimate_s, p.estimated)
+        estimate = plan_estimate(p, calibrator.how)
         print(line + (f"; {estimate}" if estimate else ""))
+        if resuming and any(p.finished):
+            for text in question_lines(p, per_study[p.name], out, calibrator):
+                print(text)
     pending = sum(p.pending for p in plans)
-    estimate = estimate_text(pending, sum(p.estimate_s for p in plans),
-                             sum(p.estimated for p in plans))
+    estimate = estimate_text(pending, sum(p.timed_s for p in plans), sum(p.timed for p in plans),
+                             sum(p.calibrated_s for p in plans),
+                             sum(p.calibrated for p in plans), calibrator.how,
+                             [f for p in plans for f in p.failed])
     print(f"in all: {sum(p.runs for p in plans)} runs, {pending} to run"
-          + (f"; {estimate}" if estimate else "") + "; nothing was run")
+          + (f"; {estimate}" if estimate else "") + "; no study was run")
 
 
 def book_names(out: Path, studies: Sequence[StudyFile], record: dict) -> list[str]:
@@ -269,9 +425,10 @@ def run_studies(args: list[str]) -> None:
         write_book(out, book_names(out, studies, record), opts)
         return
     started = [s.name for s in studies if (out / s.name).is_dir()]
-    if started and not opts.resume and not opts.dry_run:
+    if started and not opts.resume and not opts.dry_run and opts.seeds is None:
         raise UserError(f"{out} already holds {', '.join(started)}; add --resume to continue "
-                        f"that book, or choose another --out DIR")
+                        f"that book (or --seeds N to add seeds to it), or choose another "
+                        f"--out DIR")
     with tempfile.TemporaryDirectory() as scratch:
         per_study, search = book_args(studies, out, opts, overrides, Path(scratch))
         blocks = {s.name: study_files.check_questions(s, search) for s in studies}
@@ -283,7 +440,7 @@ def run_studies(args: list[str]) -> None:
             precheck(study_args, multirun=True)  # a typo costs nothing: no folder, no run
             jobs = sweep_jobs(study_args)
             totals[name] = sum(1 for _ in jobs) if jobs is not None else 0  # 0: not listable
-    per_study, _ = book_args(studies, out, opts, overrides, out / STUDY_FILES)
+    per_study, _ = book_args(studies, out, opts, overrides, out / study_files.BOOK_COPIES)
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / book.BOOK_FILE
     record = files.read_json(record_path) if record_path.is_file() else {}
@@ -297,7 +454,13 @@ def run_studies(args: list[str]) -> None:
         record["shortened"] = book.QUICK if opts.quick else " ".join(shortening)
     files.write_json(record_path, record)
 
-    # A resumed book reruns every run that did not complete; those that did are done.
+    # A resumed book reruns every run that did not complete; those that did are done. Where
+    # the sweep changed (--seeds N), the earlier runs first move to their jobs' new numbers.
+    for name, study_args in per_study.items():
+        moved = study_files.renumber_jobs(out / name, study_args)
+        if moved:
+            print(f"{name}: {moved} earlier run folder(s) renamed to their jobs' numbers in "
+                  f"this sweep", file=sys.stderr, flush=True)
     now = time.time()
     done = {n: count_ended(out / n, since=now) for n in per_study}  # the completed ones
     total = sum(totals.values())
