@@ -429,8 +429,9 @@ def test_studies_quick_writes_the_book(quick_book):
     assert (out / "pooling" / "comparison.md").is_file()
     md = (out / "STUDIES.md").read_text()
     assert md.startswith("# Studies\n\n**Smoke runs, not findings")
-    assert "| dropout | Does dropout 0.25 or 0.5 help the classic net? | Smoke runs, " in md
-    assert "Against the baseline dropout=0.0" in md and "n = 2 per arm" in md
+    assert "| dropout | Does dropout 0.25 or 0.5 help the classic net? | **Smoke runs, not a " \
+           "finding** | " in md
+    assert "dropout=0.25 − dropout=0.0" in md and "n = 2 per arm" in md
     assert "## Machine and time" in md and "--quick" in md
     assert "data:image/png;base64," in (out / "studies.html").read_text()
     record = json.loads((out / book.BOOK_FILE).read_text())

@@ -469,8 +469,8 @@ def power_text(contrasts: Sequence[Contrast], n: str, margin: float | None) -> s
              else f"{smallest:.2f}–{largest:.2f}")
     needed = seeds_needed(open_)
     practical = [c for c in open_ if c.seeds]
-    text = (f" At {n}, a difference below {below} points goes undetected (80% power, the "
-            f"study's own seed spread).")
+    text = (f" At {n}, a difference below {below} points goes undetected (80% power, at the "
+            f"spread these runs show over seeds).")
     if needed:
         text += (f" {needed} seeds per arm would detect the observed "
                  f"{'difference' if len(practical) == 1 else 'differences'}"
