@@ -3,9 +3,12 @@
 A study file is an experiment preset (`# @package _global_`, defaults, a sweep in
 hydra.sweeper.params) with a `study:` block: its title and its questions (config.py's
 StudyConfig). This module turns NAME|PATH into what `train -m` needs (a person's file is
-copied into a folder that Hydra searches, as conf/experiment/ is), checks the questions
-against the file's own sweep before anything runs, and plans a book (`studies --dry-run`):
-arms x seeds, the runs already complete in the book folder and a time estimate from them.
+copied into a folder that Hydra searches, as conf/experiment/ is), reads a study's
+questions as its file asks them now, checks them against the file's own sweep before
+anything runs, and plans a book (`studies --dry-run`): arms x seeds, the runs already
+complete in the book folder, their time (from finished runs of the same arm; arms without
+one are timed by calibration.py), and the renumbering of earlier run folders when a
+longer seed list moves their jobs.
 """
 
 from __future__ import annotations
