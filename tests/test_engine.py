@@ -100,6 +100,19 @@ def test_nll_and_cross_entropy_agree_without_smoothing():
     assert torch.allclose(mse(logits, y), expected)
 
 
+def test_deterministic_mode_is_each_runs_own():
+    """A run with trainer.deterministic=true must not leave the mode on for the next run of
+    the same process (an in-process sweep, a reused joblib worker)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        training_setup.seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        training_setup.seed_everything(1, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def fit_synthetic(folder, *overrides):
     cfg = compose_config([f"data.dir={folder}", "data.val_size=200", "model=classic",
                           "trainer.epochs=2", *overrides])

@@ -76,11 +76,15 @@ def reuse_freed_memory() -> None:
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed every RNG and set deterministic mode as this run asks. The mode is process-wide,
+    so it is set both ways: an in-process sweep (or a reused joblib worker) would otherwise
+    keep a deterministic run's mode for every run after it, while their summaries say
+    false."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=deterministic)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
 
