@@ -154,6 +154,10 @@ OTHER_CASES = {
                         f"hydra.run.dir={tmp / 'runs' / 'run'}"],
         "config.yaml is not a run's saved config (a mapping with model, data, optim, ...); "
         "restore it, or pass rerun=PATH of another folder written by `train`"),
+    "resume of a run whose saved config is not YAML": (
+        lambda p, tmp: ["train", f"resume={run_saved_as(tmp, 'model: {name: [tiny')}"],
+        "error: {tmp}/damaged/.hydra/config.yaml is not valid YAML (line 1, column 20: "
+        "expected ',' or ']', but got '<stream end>'"),
     # The run and the device are checked before the images: one line about them, not a
     # warning per image and an error about the images.
     "predict: mistyped run, unreadable images": (
@@ -224,7 +228,7 @@ def case(name: str, p: Places, tmp: Path) -> tuple[list[str], str]:
 
 
 def test_there_are_51_bad_inputs():  # docs/robustness.md states the count
-    assert len(CASES) == len(set(CASES)) == 51
+    assert len(CASES) == len(set(CASES)) == 52
     assert BEFORE_ANY_FOLDER <= set(CASES)
 
 

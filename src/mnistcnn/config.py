@@ -12,11 +12,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from mnistcnn.errors import UserError
+from mnistcnn.errors import UserError, yaml_problem
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # package data: a wheel carries it
 
@@ -555,6 +556,23 @@ def validate_early_stop(cfg: DictConfig) -> None:
         raise UserError(f"{watchers[0]} watches trainer.early_stop.monitor={es.monitor}, but "
                         f"data.val_size=0 leaves no validation split; set data.val_size "
                         f"(e.g. 10000) or trainer.early_stop.monitor=train/loss")
+
+
+def read_saved_config(config_path: Path, fix: str) -> DictConfig:
+    """A run's RUN_DIR/.hydra/config.yaml, or a one-line UserError ending in `fix` when it
+    is no run's config: not YAML, or YAML that is not a mapping holding the model's
+    settings."""
+    try:
+        saved = OmegaConf.load(config_path)
+    except yaml.YAMLError as e:
+        raise UserError(f"{config_path} is not valid YAML ({yaml_problem(e)}); {fix}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{config_path} is not valid YAML (not UTF-8 text: {e.reason} at "
+                        f"byte {e.start}); {fix}") from None
+    if not isinstance(saved, DictConfig) or not isinstance(saved.get("model"), DictConfig):
+        raise UserError(f"{config_path} is not a run's saved config (a mapping with model, "
+                        f"data, optim, ...); {fix}")
+    return saved
 
 
 def saved_config(saved: Any) -> DictConfig:

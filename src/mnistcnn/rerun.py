@@ -20,13 +20,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from mnistcnn import files, provenance
-from mnistcnn.config import CONF_DIR
-from mnistcnn.errors import UserError, yaml_problem
+from mnistcnn.config import CONF_DIR, read_saved_config
+from mnistcnn.errors import UserError
 
 # Groups whose option is a node of the config (model: {name: tiny, ...}): their saved
 # values need the matching option's schema. Every other group (experiment, variant,
@@ -62,7 +61,8 @@ def expand(args: list[str]) -> list[str]:
         raise UserError(f"rerun= starts from the whole saved config of {run}, which "
                         f"already holds what {others[0]}= set; pass KEY=VALUE overrides (or "
                         f"{'/'.join(NODE_GROUPS)} options), or drop rerun=")
-    saved = load_saved(config_path)
+    saved = read_saved_config(config_path, "restore it, or pass rerun=PATH of another folder "
+                                           "written by `train`")
     for group in chosen:  # the command line's option, with its own defaults
         saved.pop(group)
     saved.resume = False  # a new run, even when the saved one was a resumed job
@@ -74,23 +74,6 @@ def expand(args: list[str]) -> list[str]:
                if g in saved and saved[g].name != defaults.get(g)]
     index = next(i for i, a in enumerate(args) if a.startswith("rerun="))
     return [*args[:index], *choices, f"+{OPTION}", *args[index + 1:]]
-
-
-def load_saved(config_path: Path) -> DictConfig:
-    """RUN_DIR/.hydra/config.yaml, or a one-line UserError when it is no run's config: not
-    YAML, or YAML that is not a mapping holding the model's settings."""
-    fix = "restore it, or pass rerun=PATH of another folder written by `train`"
-    try:
-        saved = OmegaConf.load(config_path)
-    except yaml.YAMLError as e:
-        raise UserError(f"{config_path} is not valid YAML ({yaml_problem(e)}); {fix}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{config_path} is not valid YAML (not UTF-8 text: {e.reason} at "
-                        f"byte {e.start}); {fix}") from None
-    if not isinstance(saved, DictConfig) or not isinstance(saved.get("model"), DictConfig):
-        raise UserError(f"{config_path} is not a run's saved config (a mapping with model, "
-                        f"data, optim, ...); {fix}")
-    return saved
 
 
 def default_options() -> dict[str, str]:

@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from mnistcnn import data as data_mod
 from mnistcnn import files, mlflowlog, models, provenance, report, tblog
 from mnistcnn.checkpoints import load_training_state, run_identity, safe_load, save_checkpoint
-from mnistcnn.config import choice, saved_config, validate
+from mnistcnn.config import choice, read_saved_config, saved_config, validate
 from mnistcnn.console import format_epoch, log_class_findings
 from mnistcnn.engine import evaluate, fit
 from mnistcnn.errors import Diverged, Interrupted, UserError
@@ -215,7 +215,8 @@ def resume_run(run_dir: str | Path) -> dict:
     if state_path.is_file():
         cfg = saved_config(safe_load(state_path, "an mnistcnn resume checkpoint")["config"])
     elif config_path.is_file():  # stopped before its first epoch ended: start it again
-        cfg = saved_config(OmegaConf.load(config_path))
+        cfg = saved_config(read_saved_config(config_path, "restore it, or start the run "
+                                             "again with `train`"))
     else:
         raise UserError(f"{run_dir} is not a run folder (no last.pt or .hydra/config.yaml); "
                         f"pass resume=PATH of a folder written by `train`")
