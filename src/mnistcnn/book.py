@@ -61,7 +61,9 @@ def study_block(name: str, out_dir: Path, comp: Comparison | None, recorded: dic
 
 
 def load_study(out_dir: Path, name: str, wall_s: float | None, recorded: dict | None = None,
-               provisional: bool = False) -> Study:
+               provisional: bool = False, figures: bool = True) -> Study:
+    """A study of the book; figures=False reads and answers without drawing (nor writing)
+    anything."""
     folder = out_dir / name
     try:
         runs = compare.load_runs([folder])
@@ -72,8 +74,8 @@ def load_study(out_dir: Path, name: str, wall_s: float | None, recorded: dict | 
     asked = questions.questions_of(block)
     short = provisional or any(r.config.get("quick") == "on" for r in runs)
     answers = [questions.answer(q, runs, short) for q in asked] if comp else []
-    images = compare.draw_figures(comp, folder) if comp else {}
-    for number, a in enumerate(answers, 1):
+    images = compare.draw_figures(comp, folder) if comp and figures else {}
+    for number, a in enumerate(answers if figures else [], 1):
         if a.contrasts:
             images[question_figure(number)] = plots.save_png(folder / question_figure(number),
                                                              effects_figure(a))
@@ -185,12 +187,13 @@ class Book:
         return QUICK if quick else self.record.get("shortened", "")
 
 
-def load(out_dir: str | Path, names: Sequence[str]) -> Book:
+def load(out_dir: str | Path, names: Sequence[str], figures: bool = True) -> Book:
+    """The book of out_dir's study folders; figures=False leaves the folders untouched."""
     out = Path(out_dir)
     record = files.read_json(out / BOOK_FILE) if (out / BOOK_FILE).is_file() else {}
     walls, recorded = record.get("wall_s", {}), record.get("studies", {})
     shortened = bool(record.get("shortened"))
-    return Book(out, [load_study(out, n, walls.get(n), recorded.get(n), shortened)
+    return Book(out, [load_study(out, n, walls.get(n), recorded.get(n), shortened, figures)
                       for n in names], record)
 
 

@@ -64,6 +64,16 @@ class Run:
         return self.config.get("seed")
 
 
+def wall_seconds(summary: dict) -> float | None:
+    """A run's wall time from its summary.json (started to finished); None when either is
+    missing or unreadable (a run that never ended)."""
+    try:
+        return (datetime.fromisoformat(summary["finished"])
+                - datetime.fromisoformat(summary["started"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     """Run folders (those with .hydra/config.yaml) at or below each path, in job order."""
     found = []

@@ -28,7 +28,6 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from itertools import combinations
 
 import numpy as np
@@ -37,7 +36,7 @@ import statsmodels.api as sm
 import statsmodels.formula.api as smf
 from statsmodels.stats.anova import anova_lm
 
-from mnistcnn.compare import Run, differing_keys, split_implied
+from mnistcnn.compare import Run, differing_keys, split_implied, wall_seconds
 from mnistcnn.inference import (
     ALPHA,
     MAX_SEEDS,
@@ -252,14 +251,8 @@ def answer(question: Question, runs: Sequence[Run], provisional: bool = False) -
 
 
 def run_seconds(runs: Sequence[Run]) -> float | None:
-    """The mean wall time of a run (summary.json's started and finished)."""
-    times = []
-    for run in runs:
-        try:
-            times.append((datetime.fromisoformat(run.summary["finished"])
-                          - datetime.fromisoformat(run.summary["started"])).total_seconds())
-        except (KeyError, TypeError, ValueError):
-            continue
+    """The mean wall time of a run."""
+    times = [t for t in (wall_seconds(r.summary) for r in runs) if t is not None]
     return statistics.fmean(times) if times else None
 
 

@@ -20,7 +20,6 @@ import importlib.util
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -292,18 +291,10 @@ def calibrate(plans: Sequence[study_files.Plan], per_study: dict[str, list[str]]
             p.calibrated += count
 
 
-def answers_of(out: Path, name: str) -> list:
-    """The answers a book of out's runs gives the study's questions now. book.load draws
-    the study's figures into its folder and a dry run writes nothing, so it loads a copy of
-    the small files that rebuild a book (publish.py) in a scratch folder."""
-    with tempfile.TemporaryDirectory(prefix="mnistcnn-dry-run-") as scratch:
-        view = Path(scratch)
-        publish.copy_small_files(out, [name], view)
-        if (out / book.BOOK_FILE).is_file():
-            shutil.copyfile(out / book.BOOK_FILE, view / book.BOOK_FILE)
-        if (out / study_files.BOOK_COPIES).is_dir():  # people's study files: their questions now
-            shutil.copytree(out / study_files.BOOK_COPIES, view / study_files.BOOK_COPIES)
-        return book.load(view, [name]).studies[0].answers
+def answers_of(out: Path, name: str) -> list[questions.Answer]:
+    """The answers a book of out's runs gives the study's questions now, read without
+    drawing or writing anything in out."""
+    return book.load(out, [name], figures=False).studies[0].answers
 
 
 def n_text(finished: Sequence[int]) -> str:

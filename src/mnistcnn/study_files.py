@@ -17,7 +17,6 @@ import shutil
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -25,6 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from mnistcnn import files
+from mnistcnn.compare import wall_seconds
 from mnistcnn.config import CONF_DIR, compose_config
 from mnistcnn.errors import UserError, yaml_problem
 from mnistcnn.questions import KINDS, is_numeric, same_level
@@ -250,13 +250,11 @@ def finished_runs(folder: Path) -> dict[frozenset, float]:
         key = recorded_key(summary_path.parent)
         try:
             summary = files.read_json(summary_path)
-            if summary.get("status") != "completed" or key is None:
-                continue
-            seconds = (datetime.fromisoformat(summary["finished"])
-                       - datetime.fromisoformat(summary["started"])).total_seconds()
-        except (KeyError, ValueError, UserError):
+        except UserError:
             continue
-        found[key] = seconds
+        seconds = wall_seconds(summary)
+        if summary.get("status") == "completed" and key is not None and seconds is not None:
+            found[key] = seconds
     return found
 
 
