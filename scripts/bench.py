@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnistcnn.pages import amount, pct
+from mnistcnn.reporting.markup import amount, pct
 
 MODELS = ["classic", "tiny", "conv5x5", "keras", "mobilenet"]
 SIDES = ["textbook", "lightning", "mnistcnn"]
@@ -61,7 +61,7 @@ def setup(args):
 def bench_config(args):
     """The mnistcnn config of the run; its model section builds every side's model, so a
     --override model.KEY=VALUE changes the architecture for all of them."""
-    from mnistcnn.config import compose_config
+    from mnistcnn.base.config import compose_config
 
     overrides = [f"model={args.model}", f"data.dir={args.data_dir}", "data.val_size=0",
                  f"trainer.epochs={args.epochs}", f"trainer.batch_size={args.batch_size}",
@@ -73,7 +73,8 @@ def bench_config(args):
 
 
 def build_model(args, device, place: bool = False):
-    from mnistcnn import models, training_setup
+    from mnistcnn import models
+    from mnistcnn.training import setup as training_setup
 
     model = models.build(bench_config(args).model, 10)
     return training_setup.place_model(model, device) if place else model.to(device)
@@ -185,12 +186,13 @@ def lightning_side(args) -> dict:
 def mnistcnn_side(args) -> dict:
     """mnistcnn's own training path: data.load + engine.fit, test accuracy after each epoch."""
     torch, device = setup(args)
-    from mnistcnn import data as data_mod
-    from mnistcnn import engine, training_setup
+    from mnistcnn.data import dataset
+    from mnistcnn.training import engine
+    from mnistcnn.training import setup as training_setup
 
     cfg = bench_config(args)
     training_setup.seed_everything(cfg.seed)
-    data = data_mod.load(cfg.data, device, cfg.seed)
+    data = dataset.load(cfg.data, device, cfg.seed)
     model = build_model(args, device, place=True)
     loss_fn = training_setup.make_loss(cfg.loss, data.num_classes)
     epoch_s, test_acc, path = [], [], {}

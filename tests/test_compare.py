@@ -8,8 +8,8 @@ import json
 import pytest
 import yaml
 
-from mnistcnn import compare
-from mnistcnn.errors import UserError
+from mnistcnn.base.errors import UserError
+from mnistcnn.reporting import comparison
 
 BASE = {"model": {"name": "classic", "hidden": 50, "pool": "max", "dropout": 0.5},
         "data": {"name": "mnist", "dir": None, "classes": None, "augment": {"rotation": 0.0}},
@@ -55,7 +55,7 @@ def build(tmp_path, specs):
     """specs: (config, test_acc) or (config, test_acc, status, error) per job, in job order."""
     for i, spec in enumerate(specs):
         make_run(tmp_path / f"{i}_job", *spec)
-    return compare.build(compare.load_runs([tmp_path]))
+    return comparison.build(comparison.load_runs([tmp_path]))
 
 
 def test_keys_that_do_not_change_the_experiment_do_not_split_rows(tmp_path):
@@ -69,7 +69,7 @@ def test_seeds_pool_into_one_row_with_mean_std_and_n(tmp_path):
                             (config(0, **{"model.hidden": 25}), 0.95),
                             (config(1, **{"model.hidden": 25}), 0.96)])
     assert comp.columns == ["model.hidden"]
-    header, body = compare.main_table(comp)
+    header, body = comparison.main_table(comp)
     assert header[:4] == ["model.hidden", "params", "epochs", "n"]
     assert [row[0] for row in body] == ["50", "25"]  # sorted by test accuracy
     test = header.index("test acc (%)")
@@ -83,11 +83,11 @@ def test_sorted_by_mean_test_accuracy_failures_last(tmp_path):
                             (config(**{"model.hidden": 30}), 0.99),
                             (config(**{"model.hidden": 40}), 0.95)])
     assert [r.values["model.hidden"] for r in comp.rows] == ["30", "40", "10", "20"]
-    header, body = compare.main_table(comp)
+    header, body = comparison.main_table(comp)
     assert header[-2:] == ["status", "error"]
     assert body[-1][-2].startswith("diverged (seed 0, 1_job)") and body[-1][-1] == "loss nan"
     assert [r.path.name for r in comp.failed] == ["1_job"]
-    assert "1_job (diverged: loss nan)" in compare.failure_line(comp)
+    assert "1_job (diverged: loss nan)" in comparison.failure_line(comp)
 
 
 def test_a_failed_seed_is_its_own_row_not_averaged_away(tmp_path):
@@ -100,7 +100,7 @@ def test_the_gap_note_gives_the_lead_and_its_spread_and_tests_nothing(tmp_path):
                             (config(1, **{"model.pool": "max"}), 0.990),
                             (config(0, **{"model.pool": "avg"}), 0.978),
                             (config(1, **{"model.pool": "avg"}), 0.986)])
-    note = compare.gap_note(comp.rows)
+    note = comparison.gap_note(comp.rows)
     assert note.startswith("The best (pool=max) leads the runner-up (pool=avg) by 0.30 points")
     assert "± 0.71 and ± 0.57" in note and "This table tests nothing" in note
     assert "seed spread" not in note
@@ -109,7 +109,7 @@ def test_the_gap_note_gives_the_lead_and_its_spread_and_tests_nothing(tmp_path):
 def test_single_runs_are_flagged_as_without_spread(tmp_path):
     comp = build(tmp_path, [(config(**{"model.pool": "max"}), 0.99),
                             (config(**{"model.pool": "avg"}), 0.98)])
-    assert "from single runs: repeat the sweep with seed=0,1,2" in compare.gap_note(comp.rows)
+    assert "from single runs: repeat the sweep with seed=0,1,2" in comparison.gap_note(comp.rows)
 
 
 def test_group_choice_hides_the_knobs_it_implies(tmp_path):
@@ -136,7 +136,7 @@ def test_a_variant_choice_names_the_row_and_implies_its_keys(tmp_path):
     for i, (cfg, variant) in enumerate([(config(), "tiny_10classes"), (grouped, "tiny_4classes"),
                                         (augmented, "tiny_4classes_augment")]):
         make_run(tmp_path / f"{i}_job", cfg, 0.9 + i / 100, choices={"variant": variant})
-    comp = compare.build(compare.load_runs([tmp_path]))
+    comp = comparison.build(comparison.load_runs([tmp_path]))
     assert comp.columns == ["variant"]  # not model (same for all) nor hydra/launcher
     assert comp.implied == ["data.classes", "data.augment.rotation"]
     assert [r.label for r in comp.rows][0] == "variant=tiny_4classes_augment"
@@ -154,7 +154,7 @@ def test_class_groupings_are_one_readable_column(tmp_path):
 def test_epoch_tables_put_configurations_side_by_side(tmp_path):
     comp = build(tmp_path, [(config(0), 0.98), (config(1), 0.96),
                             (config(0, **{"model.hidden": 25}), 0.90)])
-    header, body = compare.epoch_table(comp, "train/loss", "loss")
+    header, body = comparison.epoch_table(comp, "train/loss", "loss")
     assert header == ["epoch", "hidden=50", "hidden=25"]
     assert body == [["1", "0.5000 ± 0.0000", "0.5000"], ["2", "0.2500 ± 0.0000", "0.2500"]]
 
@@ -163,8 +163,9 @@ def test_write_produces_every_file(tmp_path):
     comp = build(tmp_path / "sweep", [(config(0), 0.98), (config(1), 0.97),
                                       (config(0, **{"model.hidden": 25}), 0.96),
                                       (config(1, **{"model.hidden": 25}), 0.0, "failed", "x")])
-    written = compare.write(comp, tmp_path / "sweep")
-    assert [p.name for p in written] == compare.OUTPUT_FILES and all(p.is_file() for p in written)
+    written = comparison.write(comp, tmp_path / "sweep")
+    assert [p.name for p in written] == comparison.OUTPUT_FILES
+    assert all(p.is_file() for p in written)
     rows = list(csv.DictReader((tmp_path / "sweep" / "comparison.csv").open()))
     assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
     assert float(rows[0]["test/acc_mean"]) == pytest.approx(0.975)  # fractions in files
@@ -180,29 +181,29 @@ def test_write_produces_every_file(tmp_path):
 def test_a_job_without_summary_is_reported_missing(tmp_path):
     (tmp_path / "0_job" / ".hydra").mkdir(parents=True)
     (tmp_path / "0_job" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config()))
-    comp = compare.build(compare.load_runs([tmp_path]))
+    comp = comparison.build(comparison.load_runs([tmp_path]))
     assert comp.rows[0].status == "missing" and comp.failed
 
 
 def test_find_runs_orders_jobs_and_rejects_empty_folders(tmp_path):
     for name in ("10_b", "2_a"):
         make_run(tmp_path / "sweep" / name, config())
-    assert [p.name for p in compare.find_runs([tmp_path / "sweep"])] == ["2_a", "10_b"]
-    assert compare.find_runs([tmp_path / "sweep" / "2_a"]) == [tmp_path / "sweep" / "2_a"]
+    assert [p.name for p in comparison.find_runs([tmp_path / "sweep"])] == ["2_a", "10_b"]
+    assert comparison.find_runs([tmp_path / "sweep" / "2_a"]) == [tmp_path / "sweep" / "2_a"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no run folders"):
-        compare.find_runs([tmp_path / "empty"])
+        comparison.find_runs([tmp_path / "empty"])
     with pytest.raises(UserError, match="does not exist"):
-        compare.find_runs([tmp_path / "nope"])
+        comparison.find_runs([tmp_path / "nope"])
 
 
 def test_default_out_dir_rebuilds_a_sweep_in_place(tmp_path):
     make_run(tmp_path / "sweep" / "0_a", config())
-    assert compare.default_out_dir([tmp_path / "sweep"]) == tmp_path / "sweep"
-    assert "comparisons" in str(compare.default_out_dir([tmp_path / "sweep" / "0_a"]))
+    assert comparison.default_out_dir([tmp_path / "sweep"]) == tmp_path / "sweep"
+    assert "comparisons" in str(comparison.default_out_dir([tmp_path / "sweep" / "0_a"]))
 
 
 def test_a_run_outside_the_comparison_is_named_from_where_the_command_ran(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert compare._where(tmp_path / "runs" / "a", tmp_path / "cmp") == "runs/a"
-    assert compare._where(tmp_path / "cmp" / "0_seed=1", tmp_path / "cmp") == "0_seed=1"
+    assert comparison._where(tmp_path / "runs" / "a", tmp_path / "cmp") == "runs/a"
+    assert comparison._where(tmp_path / "cmp" / "0_seed=1", tmp_path / "cmp") == "0_seed=1"

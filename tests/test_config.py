@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mnistcnn.__main__ import main
-from mnistcnn.config import choice, compose_config, saved_config, to_plain
+from mnistcnn.base.config import choice, compose_config, saved_config, to_plain
 
 
 @pytest.mark.parametrize("args, message", [

@@ -11,9 +11,9 @@ import torch
 from conftest import make_dataset, write_idx
 from omegaconf import OmegaConf
 
-from mnistcnn import data
-from mnistcnn.config import AugmentConfig, DataConfig
-from mnistcnn.errors import UserError
+from mnistcnn.base.config import AugmentConfig, DataConfig
+from mnistcnn.base.errors import UserError
+from mnistcnn.data import dataset
 
 
 def data_cfg(**overrides):
@@ -25,7 +25,7 @@ def test_read_idx_gzipped_and_plain_agree(tmp_path):
     write_idx(tmp_path / "a", array, 2051, compress=True)
     write_idx(tmp_path / "b", array, 2051, compress=False)
     for name in ("a.gz", "b"):
-        t = data.read_idx(tmp_path / name, data.IMAGE_MAGIC)
+        t = dataset.read_idx(tmp_path / name, dataset.IMAGE_MAGIC)
         assert t.dtype == torch.uint8 and t.shape == (2, 28, 28)
         assert np.array_equal(t.numpy(), array)
 
@@ -41,22 +41,22 @@ def test_read_idx_rejects_damaged_files(tmp_path, damage, message):
     path = tmp_path / "img"
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(UserError, match=message) as err:
-        data.read_idx(path, data.IMAGE_MAGIC)
+        dataset.read_idx(path, dataset.IMAGE_MAGIC)
     assert str(path) in str(err.value)
 
 
 def test_read_dataset_checks_counts_sizes_and_labels(tmp_path):
     folder = make_dataset(tmp_path / "d", n_train=50, n_test=20)
-    assert len(data.read_dataset(folder)["train_labels"]) == 50
+    assert len(dataset.read_dataset(folder)["train_labels"]) == 50
     write_idx(folder / "t10k-labels-idx1-ubyte", np.zeros(19, np.uint8), 2049)
     with pytest.raises(UserError, match="20 images .* but 19 labels"):
-        data.read_dataset(folder)
+        dataset.read_dataset(folder)
     write_idx(folder / "t10k-labels-idx1-ubyte", np.full(20, 12, np.uint8), 2049)
     with pytest.raises(UserError, match="label 12"):
-        data.read_dataset(folder)
+        dataset.read_dataset(folder)
     write_idx(folder / "t10k-images-idx3-ubyte", np.zeros((20, 32, 32), np.uint8), 2051)
     with pytest.raises(UserError, match="expected 28x28"):
-        data.read_dataset(folder)
+        dataset.read_dataset(folder)
 
 
 def test_locate_order_dir_then_env_then_torchvision_layout(tmp_path, monkeypatch):
@@ -64,13 +64,13 @@ def test_locate_order_dir_then_env_then_torchvision_layout(tmp_path, monkeypatch
     b = make_dataset(tmp_path / "b", 20, 10)
     monkeypatch.setenv("MNISTCNN_DATA_DIR", str(b))
     monkeypatch.chdir(tmp_path)
-    assert data.locate(data_cfg(dir=str(a))) == a
-    assert data.locate(data_cfg()) == b
+    assert dataset.locate(data_cfg(dir=str(a))) == a
+    assert dataset.locate(data_cfg()) == b
     monkeypatch.delenv("MNISTCNN_DATA_DIR")
     raw = make_dataset(tmp_path / "data" / "MNIST" / "raw", 20, 10)
-    assert data.locate(data_cfg()).resolve() == raw.resolve()
+    assert dataset.locate(data_cfg()).resolve() == raw.resolve()
     with pytest.raises(UserError, match="does not hold the four mnist IDX files"):
-        data.locate(data_cfg(dir=str(tmp_path / "empty")))
+        dataset.locate(data_cfg(dir=str(tmp_path / "empty")))
 
 
 def test_missing_files_and_failed_download_say_where_to_put_them(tmp_path, monkeypatch):
@@ -82,7 +82,7 @@ def test_missing_files_and_failed_download_say_where_to_put_them(tmp_path, monke
 
     monkeypatch.setattr("torchvision.datasets.MNIST", offline)
     with pytest.raises(UserError, match="download failed .*set data.dir or \\$MNISTCNN_DATA_DIR"):
-        data.locate(data_cfg())
+        dataset.locate(data_cfg())
 
 
 def fake_tensors(n_train=100, n_test=40):
@@ -94,33 +94,33 @@ def fake_tensors(n_train=100, n_test=40):
 
 
 def test_split_takes_last_val_size_images_and_limit_of_the_rest():
-    train, val, test = data.split(fake_tensors(), data_cfg(val_size=30, limit=50), seed=0)
+    train, val, test = dataset.split(fake_tensors(), data_cfg(val_size=30, limit=50), seed=0)
     assert len(train[1]) == 50 and len(val[1]) == 30 and len(test[1]) == 40
     assert train[0][:, 0, 0].tolist() == list(range(50))
     assert val[0][:, 0, 0].tolist() == list(range(70, 100))
-    train, val, _ = data.split(fake_tensors(), data_cfg(val_size=0), seed=0)
+    train, val, _ = dataset.split(fake_tensors(), data_cfg(val_size=0), seed=0)
     assert val is None and len(train[1]) == 100
 
 
 def test_val_size_larger_than_training_set_is_a_user_error():
     with pytest.raises(UserError, match="data.val_size=100 leaves no training images"):
-        data.split(fake_tensors(), data_cfg(val_size=100), seed=0)
+        dataset.split(fake_tensors(), data_cfg(val_size=100), seed=0)
 
 
 def test_resplit_pools_everything_and_is_seeded():
     cfg = data_cfg(val_size=0, resplit=0.8)
-    train, _, test = data.split(fake_tensors(100, 40), cfg, seed=1)
+    train, _, test = dataset.split(fake_tensors(100, 40), cfg, seed=1)
     assert len(train[1]) == 112 and len(test[1]) == 28
-    again, _, _ = data.split(fake_tensors(100, 40), cfg, seed=1)
-    other, _, _ = data.split(fake_tensors(100, 40), cfg, seed=2)
+    again, _, _ = dataset.split(fake_tensors(100, 40), cfg, seed=1)
+    other, _, _ = dataset.split(fake_tensors(100, 40), cfg, seed=2)
     assert torch.equal(train[0], again[0]) and not torch.equal(train[0], other[0])
 
 
 def test_class_grouping_maps_labels_and_names():
     groups = {0: [0, 6], 1: [1, 7], 2: [2, 3, 5, 8], 3: [4, 9]}
-    mapped = data.group_labels(torch.arange(10), groups)
+    mapped = dataset.group_labels(torch.arange(10), groups)
     assert mapped.tolist() == [0, 1, 2, 2, 3, 2, 0, 1, 2, 3]
-    assert data.class_names("mnist", groups) == ["{0,6}", "{1,7}", "{2,3,5,8}", "{4,9}"]
+    assert dataset.class_names("mnist", groups) == ["{0,6}", "{1,7}", "{2,3,5,8}", "{4,9}"]
 
 
 @pytest.mark.parametrize("groups, message", [
@@ -130,12 +130,12 @@ def test_class_grouping_maps_labels_and_names():
 ])
 def test_bad_class_groupings_are_user_errors(groups, message):
     with pytest.raises(UserError, match=message):
-        data.group_labels(torch.arange(10), groups)
+        dataset.group_labels(torch.arange(10), groups)
 
 
 def test_load_puts_splits_on_device_with_grouped_labels(tmp_path):
     folder = make_dataset(tmp_path / "d", 200, 50)
-    d = data.load(data_cfg(dir=str(folder), val_size=40,
+    d = dataset.load(data_cfg(dir=str(folder), val_size=40,
                            classes={0: [0, 6], 1: [1, 7], 2: [2, 3, 5, 8], 3: [4, 9]}))
     assert d.train.images.shape == (160, 1, 28, 28) and d.train.images.dtype == torch.uint8
     assert d.num_classes == 4 and int(d.test.labels.max()) == 3
@@ -144,7 +144,7 @@ def test_load_puts_splits_on_device_with_grouped_labels(tmp_path):
 
 def test_epoch_draw_is_a_seeded_permutation_and_batches_cover_every_index():
     def draw(seed, aug=None):
-        return data.draw_epoch(103, aug, torch.Generator().manual_seed(seed))
+        return dataset.draw_epoch(103, aug, torch.Generator().manual_seed(seed))
     assert sorted(draw(0).order.tolist()) == list(range(103))
     assert torch.equal(draw(0).order, draw(0).order)
     assert not torch.equal(draw(0).order, draw(1).order)
@@ -156,14 +156,14 @@ def test_epoch_draw_is_a_seeded_permutation_and_batches_cover_every_index():
     assert augmented.angle.abs().max() <= math.radians(10) and augmented.shift.shape == (103, 2)
     assert augmented.shift.abs().max() <= 0.2 and (augmented.brightness - 1).abs().max() <= 0.5
     assert draw(0).fields().keys() == {"order"}
-    assert [len(b) for b in data.batches(25, 10)] == [10, 10, 5]
-    assert torch.equal(torch.cat(list(data.batches(25, 10))), torch.arange(25))
+    assert [len(b) for b in dataset.batches(25, 10)] == [10, 10, 5]
+    assert torch.equal(torch.cat(list(dataset.batches(25, 10))), torch.arange(25))
 
 
 def test_epoch_draw_copies_in_place_and_slices_by_position():
     aug = OmegaConf.structured(AugmentConfig(brightness=0.5))
-    first = data.draw_epoch(10, aug, torch.Generator().manual_seed(0))
-    second = data.draw_epoch(10, aug, torch.Generator().manual_seed(1))
+    first = dataset.draw_epoch(10, aug, torch.Generator().manual_seed(0))
+    second = dataset.draw_epoch(10, aug, torch.Generator().manual_seed(1))
     kept = first.order
     first.copy_(second)
     assert first.order is kept and torch.equal(first.order, second.order)
@@ -173,7 +173,7 @@ def test_epoch_draw_copies_in_place_and_slices_by_position():
 
 def test_prepare_standardises():
     images = torch.full((4, 1, 28, 28), 255, dtype=torch.uint8)
-    x = data.prepare(images, mean=0.5, std=0.25)
+    x = dataset.prepare(images, mean=0.5, std=0.25)
     assert x.dtype == torch.float32 and torch.allclose(x, torch.full_like(x, 2.0))
 
 
@@ -181,23 +181,23 @@ def test_augmentation_keeps_shape_and_range_and_changes_images():
     torch.manual_seed(0)
     images = (torch.rand(16, 1, 28, 28) > 0.7).float()
     aug = OmegaConf.structured(AugmentConfig(rotation=10, translate=0.1, brightness=0.5))
-    draw = data.draw_epoch(16, aug, torch.Generator().manual_seed(0))
+    draw = dataset.draw_epoch(16, aug, torch.Generator().manual_seed(0))
     params = draw.augmentation(torch.arange(16))
-    out = data.augment(images.clone(), params)
+    out = dataset.augment(images.clone(), params)
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
     assert not torch.allclose(out, images)
-    assert torch.equal(out, data.augment(images.clone(), params))
+    assert torch.equal(out, dataset.augment(images.clone(), params))
     # A zero rotation and shift with brightness 1 is the identity warp.
     identity = {"angle": torch.zeros(16), "shift": torch.zeros(16, 2), "brightness": torch.ones(16)}
-    assert torch.allclose(data.augment(images.clone(), identity), images, atol=1e-5)
-    off = data.draw_epoch(16, OmegaConf.structured(AugmentConfig()), torch.Generator())
+    assert torch.allclose(dataset.augment(images.clone(), identity), images, atol=1e-5)
+    off = dataset.draw_epoch(16, OmegaConf.structured(AugmentConfig()), torch.Generator())
     assert off.augmentation(torch.arange(4)) == {}
-    assert torch.equal(data.prepare((images * 255).byte(), 0, 1, {}), images)
+    assert torch.equal(dataset.prepare((images * 255).byte(), 0, 1, {}), images)
 
 
 def test_fashion_mnist_reads_the_same_format(tmp_path):
     folder = make_dataset(tmp_path / "f", 30, 10)
-    d = data.load(data_cfg(name="fashion_mnist", dir=str(folder), val_size=0))
+    d = dataset.load(data_cfg(name="fashion_mnist", dir=str(folder), val_size=0))
     assert d.class_names[0] == "T-shirt" and len(d.train) == 30
 
 
@@ -210,14 +210,14 @@ def test_fashion_mnist_is_found_through_its_env_var_then_torchvision_folder(tmp_
     monkeypatch.setenv("MNISTCNN_FASHION_DIR", str(env_dir))
     monkeypatch.chdir(tmp_path / "cwd")
     cfg = data_cfg(name="fashion_mnist", val_size=0)
-    assert data.locate(cfg) == env_dir
-    loaded = data.load(cfg)
+    assert dataset.locate(cfg) == env_dir
+    loaded = dataset.load(cfg)
     assert len(loaded.train) == 30 and loaded.class_names[9] == "Boot"
-    expected = data.read_idx(env_dir / "train-images-idx3-ubyte.gz", data.IMAGE_MAGIC)
+    expected = dataset.read_idx(env_dir / "train-images-idx3-ubyte.gz", dataset.IMAGE_MAGIC)
     assert torch.equal(loaded.train.images[:, 0], expected)  # the env folder's files, read
     monkeypatch.delenv("MNISTCNN_FASHION_DIR")
-    assert data.locate(cfg).resolve() == raw.resolve()
-    assert len(data.load(cfg).train) == 40
+    assert dataset.locate(cfg).resolve() == raw.resolve()
+    assert len(dataset.load(cfg).train) == 40
 
 
 def test_gzip_helper_matches_reader(tmp_path):

@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnistcnn import data as data_mod
-from mnistcnn import engine, errors, models, training_setup
-from mnistcnn.config import compose_config
-from mnistcnn.errors import UserError
+from mnistcnn import models
+from mnistcnn.base import errors
+from mnistcnn.base.config import compose_config
+from mnistcnn.base.errors import UserError
+from mnistcnn.data import dataset
+from mnistcnn.training import engine, setup
 
 
 @pytest.mark.parametrize("overrides, cls, settings", [
@@ -26,7 +28,7 @@ from mnistcnn.errors import UserError
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_every_optimizer_is_built_with_its_settings(overrides, cls, settings):
     cfg = compose_config([*overrides, "optim.lr=0.003", "optim.weight_decay=0.001"]).optim
-    opt = training_setup.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
+    opt = setup.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
     assert type(opt) is cls
     group = opt.param_groups[0]
     assert group["lr"] == 0.003 and group["weight_decay"] == 0.001
@@ -37,14 +39,14 @@ def test_every_optimizer_is_built_with_its_settings(overrides, cls, settings):
 def test_nesterov_without_momentum_is_a_user_error():
     cfg = compose_config(["optim=sgd", "optim.momentum=0", "optim.nesterov=true"]).optim
     with pytest.raises(UserError, match="needs optim.momentum > 0"):
-        training_setup.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
+        setup.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
 
 
 def lrs(sched_name, epochs=2, steps=5, optim="adam", **extra):
     cfg = compose_config([f"sched={sched_name}", f"optim={optim}",
                           *[f"sched.{k}={v}" for k, v in extra.items()]])
-    opt = training_setup.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
-    sched, unit = training_setup.make_scheduler(opt, cfg.sched, epochs, steps)
+    opt = setup.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
+    sched, unit = setup.make_scheduler(opt, cfg.sched, epochs, steps)
     seen = []
     for _ in range(epochs):
         for _ in range(steps):
@@ -79,9 +81,9 @@ SMOOTHED = torch.tensor([[0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3], [0.1 / 3, 0.1 / 3, 0
     ("mse", lambda z: ((z.softmax(1) - SMOOTHED) ** 2).mean()),
 ])
 def test_losses_prefer_the_right_class_and_use_the_smoothing(name, expected):
-    smoothed = training_setup.make_loss(compose_config([f"loss.name={name}",
+    smoothed = setup.make_loss(compose_config([f"loss.name={name}",
                                                 "loss.label_smoothing=0.1"]).loss, 3)
-    plain = training_setup.make_loss(compose_config([f"loss.name={name}"]).loss, 3)
+    plain = setup.make_loss(compose_config([f"loss.name={name}"]).loss, 3)
     y = torch.tensor([0, 2])
     good = torch.tensor([[5.0, 0, 0], [0, 0, 5.0]])
     assert smoothed(good, y) < smoothed(-good, y)
@@ -92,10 +94,10 @@ def test_losses_prefer_the_right_class_and_use_the_smoothing(name, expected):
 
 def test_nll_and_cross_entropy_agree_without_smoothing():
     logits, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
-    ce = training_setup.make_loss(compose_config([]).loss, 10)
-    nll = training_setup.make_loss(compose_config(["loss.name=nll"]).loss, 10)
+    ce = setup.make_loss(compose_config([]).loss, 10)
+    nll = setup.make_loss(compose_config(["loss.name=nll"]).loss, 10)
     assert torch.allclose(ce(logits, y), nll(logits, y))
-    mse = training_setup.make_loss(compose_config(["loss.name=mse"]).loss, 10)
+    mse = setup.make_loss(compose_config(["loss.name=mse"]).loss, 10)
     expected = F.mse_loss(logits.softmax(1), F.one_hot(y, 10).float())
     assert torch.allclose(mse(logits, y), expected)
 
@@ -105,9 +107,9 @@ def test_deterministic_mode_is_each_runs_own():
     the same process (an in-process sweep, a reused joblib worker)."""
     before = torch.are_deterministic_algorithms_enabled()
     try:
-        training_setup.seed_everything(0, deterministic=True)
+        setup.seed_everything(0, deterministic=True)
         assert torch.are_deterministic_algorithms_enabled()
-        training_setup.seed_everything(1, deterministic=False)
+        setup.seed_everything(1, deterministic=False)
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(before)
@@ -116,8 +118,8 @@ def test_deterministic_mode_is_each_runs_own():
 def fit_synthetic(folder, *overrides):
     cfg = compose_config([f"data.dir={folder}", "data.val_size=200", "model=classic",
                           "trainer.epochs=2", *overrides])
-    training_setup.seed_everything(cfg.seed)
-    data = data_mod.load(cfg.data, "cpu", cfg.seed)
+    setup.seed_everything(cfg.seed)
+    data = dataset.load(cfg.data, "cpu", cfg.seed)
     model = models.build(cfg.model, data.num_classes)
     seen = []
     records = engine.fit(model, data, cfg, lambda record, _training: seen.append(record))
@@ -139,7 +141,7 @@ def test_fit_records_every_metric_and_is_repeatable(synthetic_dir):
 def test_fit_learns_and_evaluate_agrees_with_predictions(synthetic_dir):
     records, _, model, data = fit_synthetic(synthetic_dir, "trainer.epochs=3")
     assert records[-1]["val/acc"] > 0.5
-    loss_fn = training_setup.make_loss(compose_config([]).loss, 10)
+    loss_fn = setup.make_loss(compose_config([]).loss, 10)
     loss, acc, logits = engine.evaluate(model, data.test, data, loss_fn, 64)
     assert logits.shape == (len(data.test), 10)
     assert acc == pytest.approx((logits.argmax(1) == data.test.labels).float().mean().item())
@@ -153,19 +155,19 @@ def test_diverging_loss_stops_the_run(synthetic_dir):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_request_without_gpu_is_a_user_error():
     with pytest.raises(UserError, match="no CUDA GPU"):
-        training_setup.resolve_device("cuda")
-    assert training_setup.resolve_device("auto").type == "cpu"
+        setup.resolve_device("cuda")
+    assert setup.resolve_device("auto").type == "cpu"
 
 
 @pytest.mark.cuda
 def test_fit_on_the_gpu_learns_and_keeps_everything_there(synthetic_dir):
-    assert training_setup.resolve_device("auto").type == "cuda"
+    assert setup.resolve_device("auto").type == "cuda"
     cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=classic",
                           "trainer.epochs=3", "trainer.device=cuda"])
-    device = training_setup.resolve_device(cfg.trainer.device)
-    training_setup.seed_everything(cfg.seed)
-    data = data_mod.load(cfg.data, device, cfg.seed)
-    model = training_setup.place_model(models.build(cfg.model, data.num_classes), device)
+    device = setup.resolve_device(cfg.trainer.device)
+    setup.seed_everything(cfg.seed)
+    data = dataset.load(cfg.data, device, cfg.seed)
+    model = setup.place_model(models.build(cfg.model, data.num_classes), device)
     records = engine.fit(model, data, cfg, lambda r, t: None)
     assert records[-1]["val/acc"] > 0.5
     assert all(math.isfinite(r["train/loss"]) for r in records)
@@ -177,8 +179,8 @@ def test_resuming_from_a_saved_state_gives_the_uninterrupted_records(synthetic_d
     full, *_ = fit_synthetic(synthetic_dir, *overrides)
     cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=classic",
                           "trainer.epochs=2", *overrides])
-    training_setup.seed_everything(cfg.seed)
-    data = data_mod.load(cfg.data, "cpu", cfg.seed)
+    setup.seed_everything(cfg.seed)
+    data = dataset.load(cfg.data, "cpu", cfg.seed)
     saved = tmp_path / "state.pt"
 
     def stop_after_first(record, training):
@@ -204,7 +206,7 @@ def test_stop_request_raises_after_the_batch_in_flight(synthetic_dir):
         return len(calls) == 3
 
     cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny"])
-    data = data_mod.load(cfg.data, "cpu", cfg.seed)
+    data = dataset.load(cfg.data, "cpu", cfg.seed)
     with pytest.raises(errors.Interrupted, match="epoch 1 after batch 2"):
         engine.fit(models.build(cfg.model, 10), data, cfg, lambda r, t: None, stop=stop)
 
@@ -213,7 +215,7 @@ def test_bf16_autocast_trains_and_reports_fp32_logits(synthetic_dir):
     records, _, model, data = fit_synthetic(synthetic_dir, "trainer.precision=bf16",
                                             "trainer.epochs=3")
     assert records[-1]["val/acc"] > 0.5
-    loss_fn = training_setup.make_loss(compose_config([]).loss, 10)
+    loss_fn = setup.make_loss(compose_config([]).loss, 10)
     _, _, logits = engine.evaluate(model, data.test, data, loss_fn, 64, "bf16")
     assert logits.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in model.parameters())

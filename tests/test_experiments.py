@@ -10,8 +10,9 @@ import sys
 import pytest
 from conftest import run_cli
 
-from mnistcnn import cli, sweeps
-from mnistcnn.config import CONF_DIR, compose_config
+from mnistcnn import cli
+from mnistcnn.base.config import CONF_DIR, compose_config
+from mnistcnn.studies import sweeps
 
 # Each study's model, what it varies (beyond the seed) and how many configurations that makes.
 STUDIES = {

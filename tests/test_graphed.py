@@ -15,11 +15,13 @@ from conftest import run_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from mnistcnn import data as data_mod
-from mnistcnn import engine, errors, graphed, models
-from mnistcnn import training_setup as setup
-from mnistcnn.config import compose_config
-from mnistcnn.errors import UserError
+from mnistcnn import models
+from mnistcnn.base import errors
+from mnistcnn.base.config import compose_config
+from mnistcnn.base.errors import UserError
+from mnistcnn.data import dataset
+from mnistcnn.training import cuda_graph, engine
+from mnistcnn.training import setup as setup
 
 CPU, CUDA, META = torch.device("cpu"), torch.device("cuda"), torch.device("meta")
 
@@ -109,7 +111,7 @@ def graphed_training_step_is_clean(training: engine.Training, reads: tuple[str, 
     training.model.train()
     training.new_epoch()
     engine.train_step(training, cfg.trainer.batch_size)
-    step = graphed.CudaGraphStep(engine.train_step, training.opt, reads)
+    step = cuda_graph.CudaGraphStep(engine.train_step, training.opt, reads)
     step._make_tensors()
     with step.holding_tensors(), HostTraffic(device) as host:
         engine.train_step(training, cfg.trainer.batch_size)
@@ -156,7 +158,7 @@ def test_a_graphed_optimizer_step_reads_nothing_to_the_host(optim, sched, captur
     shape. (On CPU parameters the foreach optimizers add a torch.tensor(1.0) to their step
     counts, a branch CUDA parameters do not take: the meta-device test below covers that.)"""
     step, opt, reads = optimizer_step(optim, sched, CPU)
-    graph_step = graphed.CudaGraphStep(step, opt, reads)
+    graph_step = cuda_graph.CudaGraphStep(step, opt, reads)
     step()  # the optimizer makes its state in the warm-up, outside the graph
     graph_step._make_tensors()
     with graph_step.holding_tensors():
@@ -182,7 +184,7 @@ def on_meta(monkeypatch, capturable_on_cpu):
                                          if o != "sgd"])  # fused SGD has no meta kernel
 def test_a_graphed_optimizer_step_stays_on_the_device(optim, sched, on_meta):
     step, opt, reads = optimizer_step(optim, sched, META)
-    graph_step = graphed.CudaGraphStep(step, opt, reads)
+    graph_step = cuda_graph.CudaGraphStep(step, opt, reads)
     step()
     graph_step._make_tensors()
     with graph_step.holding_tensors(), HostTraffic(META) as host:
@@ -206,7 +208,7 @@ def test_the_training_step_has_no_host_traffic(model, synthetic_dir, capturable_
     optimizer, totals) on the CPU, with the optimizer a graphed run builds."""
     cfg = cfg_of(f"data.dir={synthetic_dir}", f"model={model}", "trainer.device=cpu",
                  *STEP_OVERRIDES, *dropout_of(model))
-    data = data_mod.load(cfg.data, CPU, cfg.seed)
+    data = dataset.load(cfg.data, CPU, cfg.seed)
     training = engine.Training(models.build(cfg.model, data.num_classes), data, cfg)
     host = graphed_training_step_is_clean(training, setup.scheduled_hyperparameters(cfg), CPU)
     assert not host.found(), host.found()
@@ -223,7 +225,7 @@ def test_the_training_step_runs_off_the_host(model, optim, loss, synthetic_dir, 
     sched = "cosine" if optim in ("rmsprop", "adadelta") else "onecycle"
     cfg = cfg_of(f"data.dir={synthetic_dir}", f"model={model}", f"optim={optim}",
                  *STEP_OVERRIDES, f"sched={sched}", f"loss.name={loss}", *dropout_of(model))
-    data = data_mod.load(cfg.data, CPU, cfg.seed)
+    data = dataset.load(cfg.data, CPU, cfg.seed)
     for split in (data.train, data.val, data.test):
         split.images, split.labels = split.images.to(META), split.labels.to(META)
     model_on_meta = setup.place_model(models.build(cfg.model, data.num_classes), META)
@@ -319,11 +321,11 @@ def test_warm_up_capture_and_replays_are_counted_on_one_stream(monkeypatch):
     fake = FakeCuda(monkeypatch)
     step, calls = counting_step(fake)
     opt = torch.optim.Adam([torch.nn.Parameter(torch.ones(2))])
-    graph_step = graphed.CudaGraphStep(step, opt)
+    graph_step = cuda_graph.CudaGraphStep(step, opt)
     for _ in range(10):
         graph_step("t", 64)
     kinds = [kind for kind, _, _ in calls]
-    assert kinds == ["eager"] * graphed.WARMUP_STEPS + ["capture"]
+    assert kinds == ["eager"] * cuda_graph.WARMUP_STEPS + ["capture"]
     warm_up_streams = {stream for kind, stream, _ in calls}
     assert warm_up_streams == {graph_step.side_stream} and fake.default not in warm_up_streams
     assert all(args == ("t", 64) for _, _, args in calls)
@@ -340,7 +342,7 @@ def test_a_failed_capture_restores_the_stream_names_the_cause_and_trains_eagerly
     step, calls = counting_step(fake, RuntimeError("CUDA error: operation not permitted when "
                                                    "stream is capturing\nmore detail"))
     opt = torch.optim.Adam([torch.nn.Parameter(torch.ones(2))])
-    graph_step = graphed.CudaGraphStep(step, opt)
+    graph_step = cuda_graph.CudaGraphStep(step, opt)
     for _ in range(6):
         graph_step()
     assert fake.current is fake.default  # not the capture stream
@@ -358,9 +360,9 @@ def test_a_failed_capture_restores_the_stream_names_the_cause_and_trains_eagerly
 def test_a_failed_capture_with_cuda_graph_true_is_a_user_error(monkeypatch):
     fake = FakeCuda(monkeypatch)
     step, _ = counting_step(fake, RuntimeError("CUDA error: capture not allowed"))
-    graph_step = graphed.CudaGraphStep(step, torch.optim.Adam([torch.nn.Parameter(
+    graph_step = cuda_graph.CudaGraphStep(step, torch.optim.Adam([torch.nn.Parameter(
         torch.ones(2))]), required=True)
-    for _ in range(graphed.WARMUP_STEPS):
+    for _ in range(cuda_graph.WARMUP_STEPS):
         graph_step()
     with pytest.raises(UserError, match=r"^trainer.cuda_graph=true but the capture of the "
                        r"training step failed \(CUDA error: capture not allowed\); use "
@@ -370,15 +372,16 @@ def test_a_failed_capture_with_cuda_graph_true_is_a_user_error(monkeypatch):
 
 
 def test_describe_path_says_which_loop_ran():
-    assert graphed.describe_path({"train_path": "cuda_graph", "graph_replays": 2340}) == \
+    assert cuda_graph.describe_path({"train_path": "cuda_graph", "graph_replays": 2340}) == \
         "CUDA graph (2,340 steps replayed)"
-    assert graphed.describe_path({"train_path": "fallback", "train_path_reason": "x",
+    assert cuda_graph.describe_path({"train_path": "fallback", "train_path_reason": "x",
                                   "graph_replays": 0}) == \
         "eager after a failed CUDA graph capture (x)"
-    assert graphed.describe_path({"train_path": "eager", "train_path_reason": "y"}) == "eager (y)"
+    eager = {"train_path": "eager", "train_path_reason": "y"}
+    assert cuda_graph.describe_path(eager) == "eager (y)"
 
 
-class ReplayEagerly(graphed.CudaGraphStep):
+class ReplayEagerly(cuda_graph.CudaGraphStep):
     """A CudaGraphStep with capture switched off and everything else kept: the optimizer's
     graph flags, the warm-up, the hyperparameters read from tensors refreshed from the
     schedule, the counts. Its "replay" runs the step eagerly with those tensors, so on a GPU
@@ -417,7 +420,7 @@ def test_a_run_does_not_keep_its_graph_alive(synthetic_dir, graphed_on_cpu):
     late)."""
     cfg = cfg_of(f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny",
                  "trainer.device=cpu")
-    data = data_mod.load(cfg.data, CPU, cfg.seed)
+    data = dataset.load(cfg.data, CPU, cfg.seed)
     training = engine.Training(models.build(cfg.model, data.num_classes), data, cfg)
     assert isinstance(training.graph, ReplayEagerly)
     graph_step = weakref.ref(training.graph)
@@ -433,7 +436,7 @@ def fit_cpu(folder, *overrides, on_epoch=None, stop=None):
     cfg = cfg_of(f"data.dir={folder}", "data.val_size=200", "model=classic", "trainer.epochs=2",
                  "trainer.device=cpu", "model.dropout=0", *overrides)
     setup.seed_everything(cfg.seed)
-    data = data_mod.load(cfg.data, CPU, cfg.seed)
+    data = dataset.load(cfg.data, CPU, cfg.seed)
     model = models.build(cfg.model, data.num_classes)
     paths = []
 
@@ -456,12 +459,12 @@ def test_the_graphed_loop_trains_as_the_eager_loop_does(optim, sched, synthetic_
     released = []
     monkeypatch.setattr(ReplayEagerly, "release",
                         lambda self: released.append(self.replays) or
-                        graphed.CudaGraphStep.release(self))
+                        cuda_graph.CudaGraphStep.release(self))
     graph, paths = fit_cpu(synthetic_dir, *overrides)
     # 1,800 training images: 28 full batches of 64 an epoch and a ragged one (eager)
     assert paths[-1] == {"train_path": "cuda_graph",
-                         "graph_replays": 2 * 28 - graphed.WARMUP_STEPS}
-    assert released == [2 * 28 - graphed.WARMUP_STEPS]
+                         "graph_replays": 2 * 28 - cuda_graph.WARMUP_STEPS}
+    assert released == [2 * 28 - cuda_graph.WARMUP_STEPS]
     monkeypatch.setattr(engine, "CudaGraphStep", lambda step, opt, reads, required: None)
     eager, paths = fit_cpu(synthetic_dir, *overrides)
     assert paths[-1] == {"train_path": "eager", "train_path_reason": None}
@@ -494,7 +497,7 @@ def test_cuda_graph_true_on_a_cpu_is_one_line_and_exit_2(synthetic_dir, tmp_path
 
 
 def test_bad_cuda_graph_value_is_a_user_error():
-    from mnistcnn.config import validate
+    from mnistcnn.base.config import validate
     with pytest.raises(UserError, match="trainer.cuda_graph=sometimes is out of range"):
         validate(cfg_of("trainer.cuda_graph=sometimes"))
 
@@ -516,7 +519,7 @@ def test_schedule_values_reach_the_tensors_a_graph_reads():
     """What _capture installs and _refresh_hyperparameters keeps up to date, on CPU tensors."""
     opt = torch.optim.Adam([torch.nn.Parameter(torch.ones(2))], lr=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.01, total_steps=10)
-    step = graphed.CudaGraphStep(lambda: None, opt, ("lr", "betas"))
+    step = cuda_graph.CudaGraphStep(lambda: None, opt, ("lr", "betas"))
     step._make_tensors()
     with step.holding_tensors():
         group, hyper = opt.param_groups[0], step.hyper[0]
@@ -542,7 +545,7 @@ def fit_on(device, folder, *overrides, stop=None, on_epoch=None, resume=None):
     cfg = cfg_of(f"data.dir={folder}", "data.val_size=200", "model=classic",
                  "trainer.epochs=2", f"trainer.device={device}", *overrides)
     setup.seed_everything(cfg.seed, cfg.trainer.deterministic)
-    data = data_mod.load(cfg.data, torch.device(device), cfg.seed)
+    data = dataset.load(cfg.data, torch.device(device), cfg.seed)
     model = setup.place_model(models.build(cfg.model, data.num_classes), torch.device(device))
     paths = []
 

@@ -9,7 +9,7 @@ import torch
 from conftest import run_cli
 from omegaconf import OmegaConf
 
-from mnistcnn import jobs
+from mnistcnn.runs import jobs
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
@@ -63,7 +63,7 @@ def test_a_job_of_a_parallel_sweep_sets_its_threads_and_says_so(monkeypatch, cap
                               "job": {"num": 4}})
     before = torch.get_num_threads()
     try:
-        caplog.set_level("INFO", logger="mnistcnn.jobs")
+        caplog.set_level("INFO", logger="mnistcnn.runs.jobs")
         mine = jobs.take_share(hydra, on_gpu=False)
         assert torch.get_num_threads() == 2 and mine.threads == 2
         assert caplog.messages == ["job 4 (3 jobs at once): torch threads: 2"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import classification_report
 
-from mnistcnn import metrics
+from mnistcnn.reporting import metrics
 
 NAMES = ["a", "b", "c", "d"]
 # Class c (2) is never predicted; class d (3) has no test image but is predicted once.

@@ -10,9 +10,10 @@ import os
 import pytest
 from omegaconf import OmegaConf
 
-from mnistcnn import mlflowlog, run
-from mnistcnn.config import compose_config
-from mnistcnn.errors import Interrupted, UserError
+from mnistcnn.base.config import compose_config
+from mnistcnn.base.errors import Interrupted, UserError
+from mnistcnn.runs import lifecycle
+from mnistcnn.tracking import mlflow_tracker
 
 mlflow = pytest.importorskip("mlflow", reason="pip install -e '.[mlflow]'")
 
@@ -21,7 +22,7 @@ mlflow = pytest.importorskip("mlflow", reason="pip install -e '.[mlflow]'")
 def store(tmp_path_factory):
     """One SQLite store for the module: creating its tables takes seconds."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    mlflowlog.prepare_store(uri)
+    mlflow_tracker.prepare_store(uri)
     return uri
 
 
@@ -33,7 +34,7 @@ def config(synthetic_dir, store, *overrides):
 
 def the_run(store, run_dir):
     client = mlflow.MlflowClient(store)
-    run_id = json.loads((run_dir / mlflowlog.RUN_FILE).read_text())["run_id"]
+    run_id = json.loads((run_dir / mlflow_tracker.RUN_FILE).read_text())["run_id"]
     return client, client.get_run(run_id)
 
 
@@ -47,7 +48,7 @@ def test_a_run_is_an_mlflow_run_with_its_settings_curves_results_and_files(
     run_dir.mkdir(parents=True)
     cfg = config(synthetic_dir, store, "trainer.epochs=2", "seed=3", "optim.lr=0.002",
                  "report.enabled=true", "report.plots=[loss]", "logger.log_model=true")
-    summary = run.train_run(cfg, run_dir)
+    summary = lifecycle.train_run(cfg, run_dir)
 
     client, found = the_run(store, run_dir)
     experiment = client.get_experiment(found.info.experiment_id)
@@ -81,16 +82,16 @@ def test_an_interrupted_and_resumed_run_is_one_mlflow_run(synthetic_dir, store, 
     run_dir.mkdir()
     cfg = config(synthetic_dir, store, "trainer.epochs=3")
     # A stop request as soon as epoch 1 is written: the run stops inside epoch 2.
-    monkeypatch.setattr(run.StopOnSignal, "__call__", lambda self: bool(
+    monkeypatch.setattr(lifecycle.StopOnSignal, "__call__", lambda self: bool(
         (run_dir / "metrics.jsonl").read_text()))
     with pytest.raises(Interrupted):
-        run.train_run(cfg, run_dir)
+        lifecycle.train_run(cfg, run_dir)
     client, found = the_run(store, run_dir)
     assert found.info.status == "KILLED" and found.data.tags["status"] == "interrupted"
     assert [s for s, _ in steps(client, found.info.run_id, "train/loss")] == [1]
 
     monkeypatch.undo()
-    run.resume_run(run_dir)
+    lifecycle.resume_run(run_dir)
     client, resumed = the_run(store, run_dir)
     assert resumed.info.run_id == found.info.run_id
     assert resumed.info.status == "FINISHED" and resumed.data.tags["status"] == "completed"
@@ -105,23 +106,23 @@ def test_a_resumed_run_logs_the_epochs_the_store_missed(synthetic_dir, store, tm
     run_dir.mkdir()
     cfg = config(synthetic_dir, store, "trainer.epochs=3")
     # The store fails for epoch 2 (a warning, the run goes on), then the run is stopped.
-    real = mlflowlog.MLflowLog.log_epochs
+    real = mlflow_tracker.MLflowLog.log_epochs
 
     def flaky(self, records):
         if records[-1]["epoch"] == 2:
             raise OSError("store unreachable")
         real(self, records)
 
-    monkeypatch.setattr(mlflowlog.MLflowLog, "log_epochs", flaky)
-    monkeypatch.setattr(run.StopOnSignal, "__call__", lambda self: len(
+    monkeypatch.setattr(mlflow_tracker.MLflowLog, "log_epochs", flaky)
+    monkeypatch.setattr(lifecycle.StopOnSignal, "__call__", lambda self: len(
         (run_dir / "metrics.jsonl").read_text().splitlines()) >= 2)
     with pytest.raises(Interrupted):
-        run.train_run(cfg, run_dir)
+        lifecycle.train_run(cfg, run_dir)
     client, found = the_run(store, run_dir)
     assert [s for s, _ in steps(client, found.info.run_id, "val/acc")] == [1]
 
     monkeypatch.undo()
-    run.resume_run(run_dir)
+    lifecycle.resume_run(run_dir)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps(client, found.info.run_id, "val/acc") == [(r["epoch"], r["val/acc"])
                                                            for r in records]
@@ -130,7 +131,7 @@ def test_a_resumed_run_logs_the_epochs_the_store_missed(synthetic_dir, store, tm
 def test_a_diverged_run_ends_its_mlflow_run_failed(synthetic_dir, store, tmp_path):
     cfg = config(synthetic_dir, store, "optim=sgd", "optim.lr=1e12")
     with pytest.raises(UserError, match="diverged"):
-        run.train_run(cfg, tmp_path)
+        lifecycle.train_run(cfg, tmp_path)
     client, found = the_run(store, tmp_path)
     assert found.info.status == "FAILED" and found.data.tags["status"] == "diverged"
     # Where it stopped stays in summary.json: the lr curve gains no point from it.
@@ -147,11 +148,11 @@ def test_a_sweep_job_is_tagged_with_its_study_and_sweep_and_named_after_its_fold
         "experiment": "pooling", "quick": "on", "model": "classic"}}}},
         job / ".hydra" / "hydra.yaml")
     cfg = compose_config(["model=classic", "logger=mlflow", "seed=2"])
-    assert mlflowlog.experiment_name(cfg, job) == "outputs/studies/book/pooling"
-    tags = mlflowlog.tags(cfg, job)
+    assert mlflow_tracker.experiment_name(cfg, job) == "outputs/studies/book/pooling"
+    tags = mlflow_tracker.tags(cfg, job)
     assert tags["study"] == "pooling" and tags["sweep"] == "outputs/studies/book/pooling"
     assert tags["run_dir"] == "outputs/studies/book/pooling/1_model.pool=avg"
-    params = mlflowlog.params(cfg, job)
+    params = mlflow_tracker.params(cfg, job)
     assert params["experiment"] == "pooling" and params["quick"] == "on"
     named = compose_config(["logger=mlflow", "logger.experiment=mine"])
-    assert mlflowlog.experiment_name(named, job) == "mine"
+    assert mlflow_tracker.experiment_name(named, job) == "mine"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mnistcnn import models
-from mnistcnn.config import compose_config
-from mnistcnn.errors import UserError
+from mnistcnn.base.config import compose_config
+from mnistcnn.base.errors import UserError
 from mnistcnn.models.layers import Dropout
 
 

@@ -1,4 +1,4 @@
-"""The one writer of documents (pages.py): numbers, tables, and blocks that render the same
+"""The one writer of documents (markup.py): numbers, tables, and blocks that render the same
 content to Markdown and to HTML, used by report, compare and book."""
 
 from __future__ import annotations
@@ -6,48 +6,48 @@ from __future__ import annotations
 import base64
 import math
 
-from mnistcnn import pages, plots
-from mnistcnn.metrics import pooled
+from mnistcnn.reporting import markup, plots
+from mnistcnn.reporting.metrics import pooled
 
 
 def test_numbers_are_formatted_one_way():
-    assert pages.pct(0.99123) == "99.12%" and pages.pct(0.99123, 1) == "99.1%"
-    assert pages.pct(None) == pages.pct(math.nan) == pages.ABSENT
-    assert pages.number(0.0123456) == "0.01235" and pages.number(None) == pages.ABSENT
-    assert pages.amount(0.975, "acc") == "97.50" and pages.amount(0.5, "loss") == "0.5000"
-    assert pages.amount(None, "time") == pages.ABSENT
-    assert pages.mean_std(pooled([0.98, 0.97]), "acc") == "97.50 ± 0.71"
-    assert pages.mean_std(pooled([0.5]), "loss") == "0.5000"
-    assert pages.mean_std(pooled([11.6, 13.0]), "time") == "12.3 ± 1.0"
-    assert pages.mean_std(None, "acc") == pages.ABSENT
+    assert markup.pct(0.99123) == "99.12%" and markup.pct(0.99123, 1) == "99.1%"
+    assert markup.pct(None) == markup.pct(math.nan) == markup.ABSENT
+    assert markup.number(0.0123456) == "0.01235" and markup.number(None) == markup.ABSENT
+    assert markup.amount(0.975, "acc") == "97.50" and markup.amount(0.5, "loss") == "0.5000"
+    assert markup.amount(None, "time") == markup.ABSENT
+    assert markup.mean_std(pooled([0.98, 0.97]), "acc") == "97.50 ± 0.71"
+    assert markup.mean_std(pooled([0.5]), "loss") == "0.5000"
+    assert markup.mean_std(pooled([11.6, 13.0]), "time") == "12.3 ± 1.0"
+    assert markup.mean_std(None, "acc") == markup.ABSENT
 
 
 def test_tables_escape_their_cells():
-    md = pages.md_table(["a", "b|c"], [["1", "x|y\nz"]])
+    md = markup.md_table(["a", "b|c"], [["1", "x|y\nz"]])
     assert md.splitlines() == ["| a | b\\|c |", "| --- | --- |", "| 1 | x\\|y z |"]
-    table = pages.html_table(["k", "v"], [["<b>", "1"], ["c", "2"]], ["worst", ""])
+    table = markup.html_table(["k", "v"], [["<b>", "1"], ["c", "2"]], ["worst", ""])
     assert "<td>&lt;b&gt;</td>" in table and '<tr class="worst">' in table
     assert "<tr><td>c</td>" in table  # no empty class attribute
-    assert pages.html_table(["q"], [["long text"]], css_class="text").startswith(
+    assert markup.html_table(["q"], [["long text"]], css_class="text").startswith(
         '<table class="text">')
 
 
 def test_one_list_of_blocks_renders_to_markdown_and_html():
-    blocks = [pages.Heading("Title <1>"),
-              pages.Paragraph("Keys that differ: `model.pool`; **why?**"),
-              pages.Bullets(["a note", "another"]), pages.Bullets([]),
-              pages.Section("Runs", [pages.Table(["run", "acc"], [["0_job", "98.00"]])], 3),
-              pages.Section("Empty", [pages.Paragraph("")]),
-              pages.Code("a: 1\n")]
-    assert pages.markdown(blocks).split("\n\n") == [
+    blocks = [markup.Heading("Title <1>"),
+              markup.Paragraph("Keys that differ: `model.pool`; **why?**"),
+              markup.Bullets(["a note", "another"]), markup.Bullets([]),
+              markup.Section("Runs", [markup.Table(["run", "acc"], [["0_job", "98.00"]])], 3),
+              markup.Section("Empty", [markup.Paragraph("")]),
+              markup.Code("a: 1\n")]
+    assert markup.markdown(blocks).split("\n\n") == [
         "# Title <1>", "Keys that differ: `model.pool`; **why?**", "- a note\n- another",
         "### Runs", "| run | acc |\n| --- | --- |\n| 0_job | 98.00 |", "```\na: 1\n```"]
-    html = pages.html(blocks)
+    html = markup.html(blocks)
     assert html.startswith("<h1>Title &lt;1&gt;</h1>")
     assert "<p>Keys that differ: <code>model.pool</code>; <b>why?</b></p>" in html
     assert "<ul><li>a note</li><li>another</li></ul>" in html and html.count("<ul>") == 1
     assert "<h3>Runs</h3>\n<table>" in html
-    assert "Empty" not in html and "Empty" not in pages.markdown(blocks)  # empty sections vanish
+    assert "Empty" not in html and "Empty" not in markup.markdown(blocks)  # empty sections vanish
     assert "<pre>a: 1\n</pre>" in html
 
 
@@ -55,8 +55,8 @@ def test_figures_link_in_markdown_and_embed_in_html(tmp_path):
     fig = plots.new_figure(3.0, 2.0)
     fig.add_subplot().plot([0, 1], [1, 0])
     png = plots.save_png(tmp_path / "f.png", fig)
-    row = pages.Figures([pages.Image("study/f.png", png, "the figure"),
-                         pages.Paragraph("plots/g.png skipped: no <conv>.", "note")])
+    row = markup.Figures([markup.Image("study/f.png", png, "the figure"),
+                         markup.Paragraph("plots/g.png skipped: no <conv>.", "note")])
     assert row.markdown() == ("![the figure](study/f.png)\n\n"
                               "plots/g.png skipped: no <conv>.")
     html = row.html()
@@ -64,12 +64,12 @@ def test_figures_link_in_markdown_and_embed_in_html(tmp_path):
     assert base64.b64encode(png).decode() in html and "<figcaption>study/f.png</figcaption>" in html
     assert f"max-width: {3 * plots.DPI}px" in html  # never drawn wider than the PNG
     assert '<p class="note">plots/g.png skipped: no &lt;conv&gt;.</p>' in html
-    assert pages.Figures([]).html() == ""
+    assert markup.Figures([]).html() == ""
 
 
 def test_a_page_is_self_contained():
-    page = pages.page("T <1>", [pages.Section("Head", [pages.Paragraph("body")], anchor="h"),
-                                pages.Cards([("test accuracy", "99.00%")])])
+    page = markup.page("T <1>", [markup.Section("Head", [markup.Paragraph("body")], anchor="h"),
+                                markup.Cards([("test accuracy", "99.00%")])])
     assert page.startswith("<!DOCTYPE html>") and "<title>T &lt;1&gt;</title>" in page
     assert '<section id="h"><h2>Head</h2>\n<p>body</p></section>' in page
     assert '<div class="card"><b>99.00%</b><span>test accuracy</span></div>' in page

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistcnn import pages, plots
-from mnistcnn.metrics import pooled
+from mnistcnn.reporting import markup, plots
+from mnistcnn.reporting.metrics import pooled
 
 RNG = np.random.default_rng(0)
 NAMES = [str(d) for d in range(10)]
@@ -126,7 +126,7 @@ def test_figures_are_saved_as_the_png_returned_at_their_declared_width(tmp_path)
     fig.add_subplot().plot([0, 1], [1, 0])
     png = plots.save_png(tmp_path / "f.png", fig)
     assert (tmp_path / "f.png").read_bytes() == png and png[:4] == b"\x89PNG"
-    assert pages.png_width(png) == 3 * plots.DPI  # no tight-bbox cropping
+    assert markup.png_width(png) == 3 * plots.DPI  # no tight-bbox cropping
 
 
 def test_comparison_figures_draw_every_configuration_over_seeds():

@@ -16,8 +16,8 @@ import torch
 from conftest import REAL_MNIST, run_cli, run_main
 from PIL import Image
 
-from mnistcnn import digits
-from mnistcnn.data import read_idx
+from mnistcnn.data import digits
+from mnistcnn.data.dataset import read_idx
 
 
 def blob(height=400, width=300, top=40, left=200, h=120, w=40) -> np.ndarray:

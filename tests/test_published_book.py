@@ -9,7 +9,7 @@ import shutil
 
 from conftest import ROOT
 
-from mnistcnn import book, studies
+from mnistcnn.studies import book, command
 
 PUBLISHED = ROOT / "docs" / "studies"
 REBUILD = "python -m mnistcnn studies --book-only --out docs/studies --publish docs/studies"
@@ -25,7 +25,7 @@ def findings_rows(markdown: str) -> list[str]:
 
 def test_the_published_book_is_what_its_published_runs_make(tmp_path):
     copy = shutil.copytree(PUBLISHED, tmp_path / "studies")  # the figures are drawn again
-    names = studies.book_names(copy, [], json.loads((copy / book.BOOK_FILE).read_text()))
+    names = command.book_names(copy, [], json.loads((copy / book.BOOK_FILE).read_text()))
     assert sorted(names) == STUDIES
     rebuilt = book.load(copy, names)
     assert not rebuilt.failed and not rebuilt.shortened

@@ -20,10 +20,10 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower
 from statsmodels.stats.weightstats import ttest_ind, ttost_ind
 
-from mnistcnn import questions
-from mnistcnn.compare import Run
-from mnistcnn.inference import WelchDifference, seeds_for
-from mnistcnn.questions import Question, answer, questions_of
+from mnistcnn.reporting.comparison import Run
+from mnistcnn.studies import questions
+from mnistcnn.studies.inference import WelchDifference, seeds_for
+from mnistcnn.studies.questions import Question, answer, questions_of
 
 
 def run(acc: float | None, seed: int = 0, **config) -> Run:

@@ -16,14 +16,22 @@ from conftest import make_dataset, run_main, synthetic_images, write_idx
 from PIL import Image
 from sklearn.metrics import classification_report
 
-from mnistcnn import files, models, plots, probes, report
-from mnistcnn.config import REPORT_PLOTS, compose_config, report_settings, saved_config, validate
-from mnistcnn.console import log_class_findings
-from mnistcnn.data import LABEL_MAGIC, Data, Split, read_idx
-from mnistcnn.engine import predict
-from mnistcnn.errors import UserError
-from mnistcnn.evaluation import write_predictions
-from mnistcnn.sweeps import precheck
+from mnistcnn import models
+from mnistcnn.base import run_folder
+from mnistcnn.base.config import (
+    REPORT_PLOTS,
+    compose_config,
+    report_settings,
+    saved_config,
+    validate,
+)
+from mnistcnn.base.errors import UserError
+from mnistcnn.data.dataset import LABEL_MAGIC, Data, Split, read_idx
+from mnistcnn.reporting import plots, probes, run_report
+from mnistcnn.runs.console import log_class_findings
+from mnistcnn.runs.evaluation import write_predictions
+from mnistcnn.studies.sweeps import precheck
+from mnistcnn.training.engine import predict
 
 # docs/run-folder.md's list of plots/*.png: the code must draw exactly these.
 PLOTS = ["loss", "accuracy", "confusion", "errors", "correct", "filters_first", "filters_last",
@@ -87,7 +95,7 @@ def test_confusion_csv_sums_to_the_test_size_and_matches_test_acc(trained):
     rows = read_csv(run_dir / "confusion.csv")
     assert rows[0][0] == "true\\pred" and rows[0][1:] == [str(d) for d in range(10)]
     cm = np.array([[int(v) for v in row[1:]] for row in rows[1:]])
-    summary = files.read_json(run_dir / "summary.json")
+    summary = run_folder.read_json(run_dir / "summary.json")
     assert cm.sum() == 500  # the synthetic test set
     assert np.trace(cm) / cm.sum() == pytest.approx(summary["test/acc"], abs=1e-6)
 
@@ -107,7 +115,7 @@ def test_classification_csv_agrees_with_scikit_learn_on_predictions(trained):
         np.testing.assert_allclose([float(v) for v in values],
                                    [want["precision"], want["recall"], want["f1-score"],
                                     want["support"]], equal_nan=True)
-    summary = files.read_json(run_dir / "summary.json")
+    summary = run_folder.read_json(run_dir / "summary.json")
     assert summary["test/macro_recall"] == pytest.approx(ref["macro avg"]["recall"])
     assert summary["test/macro_f1"] == pytest.approx(ref["macro avg"]["f1-score"])
     worst = summary["test/worst_class"]
@@ -137,7 +145,7 @@ def test_never_predicted_classes_are_called_out_in_console_and_report(tmp_path):
                       "trainer.epochs=1", "report.plots=[confusion]", "trainer.device=cpu",
                       f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
-    never = files.read_json(run_dir / "summary.json")["test/never_predicted"]
+    never = run_folder.read_json(run_dir / "summary.json")["test/never_predicted"]
     assert "9" in never
     page = (run_dir / "report.html").read_text()
     for name in never:
@@ -154,8 +162,8 @@ def test_evaluate_rebuilds_the_same_confusion_csv(trained):
     assert result.returncode == 0, result.stderr
     assert all((run_dir / name).is_file() for name in FILES)
     assert (run_dir / "confusion.csv").read_text() == before
-    evaluation = files.read_json(run_dir / "evaluation.json")
-    assert evaluation["test/macro_f1"] == files.read_json(run_dir / "summary.json")[
+    evaluation = run_folder.read_json(run_dir / "evaluation.json")
+    assert evaluation["test/macro_f1"] == run_folder.read_json(run_dir / "summary.json")[
         "test/macro_f1"]
 
 
@@ -213,14 +221,14 @@ def fake_run(tmp_path, overrides: list[str], data: Data, preds: np.ndarray | Non
         record = {"epoch": epoch, "train/loss": 1.0 / epoch, "train/acc": 0.5 * epoch}
         if val:
             record.update({"val/loss": 1.1 / epoch, "val/acc": 0.4 * epoch})
-        files.append_jsonl(tmp_path / "metrics.jsonl", record)
+        run_folder.append_jsonl(tmp_path / "metrics.jsonl", record)
     return cfg, model
 
 
 def write(tmp_path, overrides, data=None, preds=None, val=True) -> tuple[dict, str]:
     data = data or synthetic_data()
     cfg, model = fake_run(tmp_path, overrides, data, preds, val)
-    keys = report.write_run_files(tmp_path, cfg, model, data, {"test/loss": 2.3})
+    keys = run_report.write_run_files(tmp_path, cfg, model, data, {"test/loss": 2.3})
     page = (tmp_path / "report.html").read_text() if (tmp_path / "report.html").exists() else ""
     return keys, page
 
@@ -232,7 +240,7 @@ def view_of(overrides: list[str], data: Data | None = None) -> plots.RunView:
     preds = predict(model, data.test, data, 1000).argmax(1).numpy()
     labels = data.test.labels.numpy()
     return plots.RunView(cfg=cfg, settings=report_settings(cfg),
-                         label=report.run_label(cfg), model=model, data=data, records=[],
+                         label=run_report.run_label(cfg), model=model, data=data, records=[],
                          predictions=plots.Predictions(labels, preds, np.ones(len(preds))),
                          confusion=np.zeros((10, 10), int), rows=[], summary={})
 
@@ -366,6 +374,6 @@ def test_unknown_plot_names_are_rejected_before_training():
 
 def test_run_label_names_the_model_knobs_that_differ_from_defaults():
     cfg = compose_config(["model=conv5x5", "model.features=2", "trainer.epochs=10"])
-    label = report.run_label(cfg)
+    label = run_report.run_label(cfg)
     assert label.startswith("conv5x5 features=2 · adam lr=0.001")
     assert "10 epochs" in label

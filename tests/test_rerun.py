@@ -10,9 +10,10 @@ import pytest
 from conftest import run_cli
 from omegaconf import OmegaConf
 
-from mnistcnn import provenance, rerun
-from mnistcnn.config import compose_config, to_plain
-from mnistcnn.errors import UserError
+from mnistcnn.base import provenance
+from mnistcnn.base.config import compose_config, to_plain
+from mnistcnn.base.errors import UserError
+from mnistcnn.runs import rerun
 
 TIMINGS = {"epoch_time_s"}
 

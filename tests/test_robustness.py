@@ -23,11 +23,11 @@ import pytest
 import torch
 from conftest import ROOT, make_dataset, run_cli, run_main
 
-from mnistcnn import errors, files
-from mnistcnn.config import compose_config
-from mnistcnn.errors import UserError
-from mnistcnn.run import train_run
-from mnistcnn.signals import StopOnSignal
+from mnistcnn.base import errors, run_folder
+from mnistcnn.base.config import compose_config
+from mnistcnn.base.errors import UserError
+from mnistcnn.base.signals import StopOnSignal
+from mnistcnn.runs.lifecycle import train_run
 
 TIMINGS = {"started", "finished", "train_time_s", "data_load_s", "report_time_s",
            "epoch_time_s"}
@@ -209,7 +209,7 @@ def test_divergence_is_recorded_and_reported_on_one_line(synthetic_dir, tmp_path
 def test_a_failed_write_keeps_the_last_good_checkpoint(synthetic_dir, tmp_path, monkeypatch):
     cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny",
                           "trainer.epochs=3", "report.enabled=false"])
-    real_save = files.save_torch
+    real_save = run_folder.save_torch
     saves = []
 
     def disk_full_on_second_save(path, obj):
@@ -218,10 +218,10 @@ def test_a_failed_write_keeps_the_last_good_checkpoint(synthetic_dir, tmp_path, 
             def fail(f):
                 f.write(b"partial")
                 raise OSError(28, "No space left on device")
-            return files.atomic_write(path, fail)
+            return run_folder.atomic_write(path, fail)
         return real_save(path, obj)
 
-    monkeypatch.setattr(files, "save_torch", disk_full_on_second_save)
+    monkeypatch.setattr(run_folder, "save_torch", disk_full_on_second_save)
     with pytest.raises(UserError, match="cannot write .*last.pt: No space left on device"):
         train_run(cfg, tmp_path)
     state = torch.load(tmp_path / "last.pt", weights_only=True)

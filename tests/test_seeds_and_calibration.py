@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import run_cli, run_main
 
-from mnistcnn import calibration, studies, study_files
-from mnistcnn.errors import UserError
+from mnistcnn.base.errors import UserError
+from mnistcnn.studies import calibration, command, study_files
 
 POOLING = ["+experiment=pooling", "report.enabled=false"]
 
@@ -45,7 +45,7 @@ def three_seed_book(folder: Path, seconds: dict[str, float] | None = None) -> li
 # ----------------------------------------------------------------------------- the plan
 def test_a_plan_times_the_new_seeds_from_finished_runs_of_their_arm(tmp_path):
     three_seed_book(tmp_path / "pooling")
-    p = study_files.plan("pooling", studies.with_seeds(POOLING, 5), tmp_path / "pooling")
+    p = study_files.plan("pooling", command.with_seeds(POOLING, 5), tmp_path / "pooling")
     assert (p.arms, p.seeds, p.runs, p.complete, p.pending) == (2, 5, 10, 6, 4)
     assert (p.timed, p.timed_s, p.untimed, p.finished) == (4, 2 * 60 + 2 * 90, {}, [3, 3])
 
@@ -55,7 +55,7 @@ def test_a_plan_leaves_arms_without_a_finished_run_to_calibrate(tmp_path):
     make_job(folder, 0, "max", 0, 60)
     make_job(folder, 1, "max", 1, 80)
     make_job(folder, 3, "avg", 0, 70, status="failed")  # no time: it did not complete
-    p = study_files.plan("pooling", studies.with_seeds(POOLING, 3), folder)
+    p = study_files.plan("pooling", command.with_seeds(POOLING, 3), folder)
     assert (p.complete, p.timed, p.timed_s, p.finished) == (2, 1, 70.0, [2, 0])
     [(arm, (job, runs))] = p.untimed.items()
     assert dict(arm)["model.pool"] == "avg" and runs == 3
@@ -65,16 +65,16 @@ def test_a_plan_leaves_arms_without_a_finished_run_to_calibrate(tmp_path):
 
 def test_estimates_say_where_they_come_from():
     how = "3 epochs of 512 images per arm on cpu"
-    assert studies.estimate_text(0, 0, 0) == ""
-    assert studies.estimate_text(4, 750, 4) == "~12m30s (from finished runs of the same arm)"
-    assert studies.estimate_text(6, 0, 0, 840, 6, how) == f"~14m00s (calibrated: {how})"
-    assert studies.estimate_text(6, 100, 2, 200, 4, how) == (
+    assert command.estimate_text(0, 0, 0) == ""
+    assert command.estimate_text(4, 750, 4) == "~12m30s (from finished runs of the same arm)"
+    assert command.estimate_text(6, 0, 0, 840, 6, how) == f"~14m00s (calibrated: {how})"
+    assert command.estimate_text(6, 100, 2, 200, 4, how) == (
         f"~5m00s (2 from finished runs of the same arm; 4 calibrated: {how})")
-    assert studies.estimate_text(6, 100, 2, 0, 0, how, ["pooling model.pool=avg: no data"]) \
+    assert command.estimate_text(6, 100, 2, 0, 0, how, ["pooling model.pool=avg: no data"]) \
         == ("~1m40s (2 from finished runs of the same arm; no estimate for 4 (pooling "
             "model.pool=avg: no data))")
-    assert studies.estimate_text(3, 0, 0, failed=["x: y"]) == "no estimate (x: y)"
-    assert studies.about(3 * 3600 + 61) == "3h01m" and studies.about(59) == "59s"
+    assert command.estimate_text(3, 0, 0, failed=["x: y"]) == "no estimate (x: y)"
+    assert command.about(3 * 3600 + 61) == "3h01m" and command.about(59) == "59s"
 
 
 # ----------------------------------------------------------------------------- --seeds
@@ -88,16 +88,16 @@ def test_a_bad_seed_count_is_one_line_before_anything_runs(tmp_path, value):
 
 
 def test_seeds_replace_the_sweep_and_conflict_with_a_typed_seed():
-    _, overrides = studies.check(studies.parse(["pooling", "--seeds", "4", "trainer.epochs=2"]))
+    _, overrides = command.check(command.parse(["pooling", "--seeds", "4", "trainer.epochs=2"]))
     assert overrides == ["trainer.epochs=2", "seed=0,1,2,3"]
-    assert studies.with_seeds(["seed=7", "+seed=1", "a=1"], 1) == ["a=1", "seed=0"]
+    assert command.with_seeds(["seed=7", "+seed=1", "a=1"], 1) == ["a=1", "seed=0"]
     with pytest.raises(UserError, match=r"^--seeds 4 and seed=0,1: choose one \(--seeds 4 "
                                         r"runs seeds 0..3\)$"):
-        studies.check(studies.parse(["pooling", "--seeds", "4", "seed=0,1"]))
+        command.check(command.parse(["pooling", "--seeds", "4", "seed=0,1"]))
     with pytest.raises(UserError, match="--book-only trains nothing"):
-        studies.check(studies.parse(["--book-only", "--out", "x", "--seeds", "4"]))
-    opts = studies.parse(["pooling", "--seeds", "5", "--out", "x"])
-    args = studies.study_overrides("pooling", Path("x"), opts, studies.check(opts)[1])
+        command.check(command.parse(["--book-only", "--out", "x", "--seeds", "4"]))
+    opts = command.parse(["pooling", "--seeds", "5", "--out", "x"])
+    args = command.study_overrides("pooling", Path("x"), opts, command.check(opts)[1])
     assert "resume=true" in args and args[-1] == "seed=0,1,2,3,4"  # continues a book
 
 
@@ -110,7 +110,7 @@ def test_a_study_file_without_a_seed_sweep_gets_one(tmp_path):
     search = study_files.search_overrides([study_files.StudyFile("noseeds", path, False)],
                                           tmp_path / "search")
     assert study_files.plan("noseeds", ["+experiment=noseeds", *search], None).runs == 2
-    seeded = studies.with_seeds(["+experiment=noseeds", *search], 4)
+    seeded = command.with_seeds(["+experiment=noseeds", *search], 4)
     assert (study_files.plan("noseeds", seeded, None).runs,
             study_files.plan("noseeds", seeded, None).seeds) == (8, 4)
 
@@ -121,19 +121,19 @@ def test_earlier_runs_move_to_their_jobs_numbers_when_the_sweep_grows(tmp_path):
               for j in three_seed_book(folder)}
     (folder / "comparison.md").write_text("not a job")
     (folder / "7_stray").mkdir()  # no overrides.yaml: not a job of the sweep, left alone
-    assert study_files.renumber_jobs(folder, studies.with_seeds(POOLING, 5)) == 3
+    assert study_files.renumber_jobs(folder, command.with_seeds(POOLING, 5)) == 3
     names = sorted(p.name for p in folder.iterdir() if p.name[0].isdigit())
     assert names == sorted([f"{i}_+experiment=pooling,model.pool=max,seed={i}" for i in range(3)]
                            + [f"{5 + i}_+experiment=pooling,model.pool=avg,seed={i}"
                               for i in range(3)] + ["7_stray"])
     after = {p.parent.name.split("_", 1)[1]: p.read_bytes() for p in folder.glob("*/summary.json")}
     assert after == before  # every run kept, as it was
-    assert study_files.renumber_jobs(folder, studies.with_seeds(POOLING, 5)) == 0
-    assert study_files.renumber_jobs(folder, studies.with_seeds(POOLING, 3)) == 3  # and back
+    assert study_files.renumber_jobs(folder, command.with_seeds(POOLING, 5)) == 0
+    assert study_files.renumber_jobs(folder, command.with_seeds(POOLING, 3)) == 3  # and back
     assert (folder / "3_+experiment=pooling,model.pool=avg,seed=0").is_dir()
     # A job already at its new number (it ran there) keeps its place; the older copy stays.
     make_job(folder, 5, "avg", 0)
-    assert study_files.renumber_jobs(folder, studies.with_seeds(POOLING, 5)) == 2
+    assert study_files.renumber_jobs(folder, command.with_seeds(POOLING, 5)) == 2
     assert (folder / "3_+experiment=pooling,model.pool=avg,seed=0").is_dir()
 
 
@@ -217,7 +217,7 @@ def fake_calibrator(monkeypatch):
 
 
 def test_dry_run_from_nothing_calibrates_each_arm_once(tmp_path, capsys, fake_calibrator):
-    studies.run_studies(["--dry-run", "pooling", "features", "--out", str(tmp_path / "new")])
+    command.run_studies(["--dry-run", "pooling", "features", "--out", str(tmp_path / "new")])
     out = capsys.readouterr()
     how = "calibrated: 3 epochs of 512 images per arm on cpu"
     assert out.out.splitlines() == [
@@ -248,8 +248,8 @@ def test_dry_run_of_a_book_says_what_more_seeds_would_decide(tmp_path, capsys, m
                answer("Different tasks?", None, []),
                answer("Recipes?", None, [SimpleNamespace(open=False, untested="")])]
     answers[-1].question.procedure = "describe"
-    monkeypatch.setattr(studies, "answers_of", lambda out, name: answers)
-    studies.run_studies(["--dry-run", "pooling", "--out", str(tmp_path)])
+    monkeypatch.setattr(command, "answers_of", lambda out, name: answers)
+    command.run_studies(["--dry-run", "pooling", "--out", str(tmp_path)])
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         f"pooling: 2 arm(s) x 3 seed(s) = 6 runs; 6 complete in {tmp_path / 'pooling'}, 0 to run",
@@ -277,7 +277,7 @@ def test_a_book_is_read_for_its_answers_without_writing_in_it(tmp_path):
         make_run(tmp_path / "mine" / f"{i}_pool={pool},seed={seed}", seed, acc, pool=pool,
                  study=BLOCK)
     before = sorted(p for p in tmp_path.rglob("*"))
-    assert [a.question.ask for a in studies.answers_of(tmp_path, "mine")] == [
+    assert [a.question.ask for a in command.answers_of(tmp_path, "mine")] == [
         "Max or average pooling?"]
     assert sorted(p for p in tmp_path.rglob("*")) == before
     # A person's study file as the book keeps it: its questions as the file asks them now.
@@ -286,7 +286,7 @@ def test_a_book_is_read_for_its_answers_without_writing_in_it(tmp_path):
     copy.write_text(yaml.safe_dump({"study": {**BLOCK, "questions": [
         {**BLOCK["questions"][0], "ask": "Max or average, as the file asks now?"}]}}))
     before = sorted(p for p in tmp_path.rglob("*"))
-    asked = [a.question.ask for a in studies.answers_of(tmp_path, "mine")]
+    asked = [a.question.ask for a in command.answers_of(tmp_path, "mine")]
     assert sorted(p for p in tmp_path.rglob("*")) == before
     assert asked == ["Max or average, as the file asks now?"]
 

@@ -10,11 +10,13 @@ import pytest
 import torch
 from conftest import run_main
 
-from mnistcnn import data as data_mod
-from mnistcnn import engine, errors, models, training_setup
-from mnistcnn.config import compose_config, validate
-from mnistcnn.errors import UserError
-from mnistcnn.stopping import EarlyStopping
+from mnistcnn import models
+from mnistcnn.base import errors
+from mnistcnn.base.config import compose_config, validate
+from mnistcnn.base.errors import UserError
+from mnistcnn.data import dataset
+from mnistcnn.training import engine, setup
+from mnistcnn.training.stopping import EarlyStopping
 
 
 def feed(stopper: EarlyStopping, values, key="val/acc", model=None) -> list[int]:
@@ -103,8 +105,8 @@ def test_val_monitor_without_val_split_is_one_line_before_any_run_folder(tmp_pat
 def fit(folder, *overrides, on_epoch=None, resume=None, stopper=None):
     cfg = compose_config([f"data.dir={folder}", "data.val_size=200", "model=tiny",
                           "trainer.epochs=10", *overrides])
-    training_setup.seed_everything(cfg.seed)
-    data = data_mod.load(cfg.data, "cpu", cfg.seed)
+    setup.seed_everything(cfg.seed)
+    data = dataset.load(cfg.data, "cpu", cfg.seed)
     stopper = stopper or EarlyStopping.from_config(cfg.trainer)
     records = engine.fit(models.build(cfg.model, 10), data, cfg,
                          on_epoch or (lambda record, training: None), resume=resume,
@@ -168,8 +170,8 @@ def test_target_stops_the_loop_at_the_epoch_that_reached_it(synthetic_dir):
 # ----------------------------------------------------------------------------- plateau
 def test_plateau_schedule_reduces_the_rate_after_patience_flat_epochs():
     cfg = compose_config(["sched=plateau", "sched.factor=0.5", "sched.patience=1"])
-    opt = training_setup.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
-    sched, unit = training_setup.make_scheduler(opt, cfg.sched, 10, 5)
+    opt = setup.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
+    sched, unit = setup.make_scheduler(opt, cfg.sched, 10, 5)
     assert unit == "plateau"
     stopper = EarlyStopping("val/acc")
     seen = []
@@ -233,7 +235,7 @@ def test_an_early_stopped_run_records_it_and_a_sweep_shows_epochs_run(synthetic_
 
 
 def test_the_curves_mark_the_best_and_the_stopping_epoch():
-    from mnistcnn import plots
+    from mnistcnn.reporting import plots
 
     records = [{"epoch": e, "train/acc": a, "val/acc": a} for e, a in
                enumerate([0.5, 0.8, 0.7, 0.6], 1)]

@@ -17,9 +17,10 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli, run_main
 
-from mnistcnn import book, compare, studies, study_files
-from mnistcnn.config import CONF_DIR
-from mnistcnn.errors import UserError
+from mnistcnn.base.config import CONF_DIR
+from mnistcnn.base.errors import UserError
+from mnistcnn.reporting import comparison
+from mnistcnn.studies import book, command, study_files
 
 DIGITS = [str(d) for d in range(10)]
 GROUPS = {0: [0, 6], 1: [1, 7], 2: [2, 3, 5, 8], 3: [4, 9]}
@@ -45,7 +46,7 @@ def calibrations(monkeypatch) -> list[list[str]]:
             asked.append(job)
             return 100.0
 
-    monkeypatch.setattr(studies.calibration, "Calibrator", Calibrator)
+    monkeypatch.setattr(command.calibration, "Calibrator", Calibrator)
     return asked
 
 
@@ -86,7 +87,7 @@ def make_run(folder: Path, seed: int, test_acc: float | None, classes=None, stud
 
 
 def rows_of(folder: Path):
-    return compare.build(compare.load_runs([folder])).rows
+    return comparison.build(comparison.load_runs([folder])).rows
 
 
 # ----------------------------------------------------------------------------- the writer
@@ -205,7 +206,7 @@ def test_the_studies_are_the_presets_with_a_study_block():
 def test_a_book_rebuilds_from_its_small_files_alone(book_dir, tmp_path):
     book.write(book_dir, ["pooling", "tiny"])
     dest = tmp_path / "published"
-    from mnistcnn import publish
+    from mnistcnn.studies import publish
 
     publish.publish(book_dir, ["pooling", "tiny"], dest)
     kept = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
@@ -224,7 +225,7 @@ def test_a_book_rebuilds_from_its_small_files_alone(book_dir, tmp_path):
 
 
 def test_publishing_again_replaces_the_earlier_publish(book_dir, tmp_path):
-    from mnistcnn import publish
+    from mnistcnn.studies import publish
 
     dest = tmp_path / "published"
     publish.publish(book_dir, ["pooling", "tiny"], dest)
@@ -236,7 +237,7 @@ def test_publishing_again_replaces_the_earlier_publish(book_dir, tmp_path):
 
 
 def test_publish_stops_at_a_study_folder_it_did_not_write(book_dir, tmp_path):
-    from mnistcnn import publish
+    from mnistcnn.studies import publish
 
     dest = tmp_path / "published"
     publish.publish(book_dir, ["pooling", "tiny"], dest)
@@ -255,11 +256,11 @@ def test_publish_stops_at_a_study_folder_it_did_not_write(book_dir, tmp_path):
 
 def test_a_published_book_rebuilds_in_place(book_dir, tmp_path, capsys):
     dest = tmp_path / "published"
-    studies.run_studies(["--book-only", "--out", str(book_dir), "--publish", str(dest)])
+    command.run_studies(["--book-only", "--out", str(book_dir), "--publish", str(dest)])
     first = (dest / "STUDIES.md").read_text()
     (dest / "STUDIES.md").write_text("stale")
     files_before = sorted(p.relative_to(dest) for p in dest.rglob("*"))
-    studies.run_studies(["--book-only", "--out", str(dest), "--publish", str(dest)])
+    command.run_studies(["--book-only", "--out", str(dest), "--publish", str(dest)])
     assert (dest / "STUDIES.md").read_text() == first
     assert sorted(p.relative_to(dest) for p in dest.rglob("*")) == files_before  # no html
     assert capsys.readouterr().err.splitlines()[-1] == f"published -> {dest / 'STUDIES.md'}"
@@ -283,15 +284,15 @@ def test_a_typo_in_an_override_stops_before_any_folder(tmp_path):
 
 def test_option_mistakes_are_user_errors(monkeypatch):
     with pytest.raises(UserError, match="--resume continues a book: name its folder"):
-        studies.check(studies.parse(["pooling", "--resume"]))
+        command.check(command.parse(["pooling", "--resume"]))
     with pytest.raises(UserError, match="--book-only writes the book of finished study"):
-        studies.check(studies.parse(["--book-only"]))
-    monkeypatch.setattr(studies.importlib.util, "find_spec", lambda name: None)
+        command.check(command.parse(["--book-only"]))
+    monkeypatch.setattr(command.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"--jobs needs Hydra's joblib launcher; install it"):
-        studies.check(studies.parse(["--jobs", "2"]))
-    found, overrides = studies.check(studies.parse(["tiny", "seed=0", "--quick", "pooling"]))
+        command.check(command.parse(["--jobs", "2"]))
+    found, overrides = command.check(command.parse(["tiny", "seed=0", "--quick", "pooling"]))
     assert [s.name for s in found] == ["tiny", "pooling"] and overrides == ["seed=0"]
-    assert [s.name for s in studies.check(studies.parse([]))[0]] == PRESETS
+    assert [s.name for s in command.check(command.parse([]))[0]] == PRESETS
 
 
 DROPOUT_STUDY = """# @package _global_
@@ -340,13 +341,13 @@ def study_file(tmp_path: Path, text: str = DROPOUT_STUDY, name: str = "dropout")
 def test_a_wrong_study_file_is_one_line_before_anything_runs(tmp_path, change, message):
     path = study_file(tmp_path, DROPOUT_STUDY.replace(*change))
     with pytest.raises(UserError, match=re.escape(f"study dropout (dropout.yaml), {message}")):
-        studies.run_studies([path, "--out", str(tmp_path / "b")])
+        command.run_studies([path, "--out", str(tmp_path / "b")])
     assert not (tmp_path / "b").exists()
 
 
 def test_a_baseline_is_matched_by_value_not_spelling(tmp_path, capsys):
     """The sweep writes 0.0 and the runs record 0.0: baseline 0 is that level."""
-    studies.run_studies([study_file(tmp_path, DROPOUT_STUDY.replace("baseline: 0.0",
+    command.run_studies([study_file(tmp_path, DROPOUT_STUDY.replace("baseline: 0.0",
                                                                     "baseline: 0")),
                          "--dry-run"])
     assert "dropout: 3 arm(s) x 3 seed(s) = 9 runs" in capsys.readouterr().out
@@ -363,15 +364,15 @@ def test_a_study_file_without_questions_or_named_as_a_preset(tmp_path):
     bare = DROPOUT_STUDY.split("study:")[0] + "hydra:" + DROPOUT_STUDY.split("hydra:")[1]
     with pytest.raises(UserError, match=r"study dropout \(dropout.yaml\) asks nothing: add a "
                                         r"study: block"):
-        studies.run_studies([study_file(tmp_path, bare), "--dry-run"])
+        command.run_studies([study_file(tmp_path, bare), "--dry-run"])
     with pytest.raises(UserError, match="has the name of the preset pooling; rename the file"):
-        studies.check(studies.parse([study_file(tmp_path, name="pooling")]))
+        command.check(command.parse([study_file(tmp_path, name="pooling")]))
     with pytest.raises(UserError, match="study file nowhere.yaml does not exist"):
-        studies.check(studies.parse(["nowhere.yaml"]))
+        command.check(command.parse(["nowhere.yaml"]))
 
 
 def test_dry_run_plans_every_study_and_runs_nothing(tmp_path, capsys, calibrations):
-    studies.run_studies(["--dry-run", study_file(tmp_path), "pooling", "features", "--quick"])
+    command.run_studies(["--dry-run", study_file(tmp_path), "pooling", "features", "--quick"])
     how = "calibrated: 3 epochs of 512 images per arm on cpu"
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
@@ -380,7 +381,7 @@ def test_dry_run_plans_every_study_and_runs_nothing(tmp_path, capsys, calibratio
         f"features: 4 arm(s) x 1 seed(s) = 4 runs; ~6m40s ({how})",
         f"in all: 9 runs, 9 to run; ~15m00s ({how}); no study was run"]
     assert len(calibrations) == 9 and all("quick=on" in job for job in calibrations)
-    studies.run_studies(["--dry-run", "tiny", "mobilenet"])
+    command.run_studies(["--dry-run", "tiny", "mobilenet"])
     assert capsys.readouterr().out.splitlines()[:2] == [
         f"tiny: 5 arm(s) x 3 seed(s) = 15 runs; ~25m00s ({how})",
         f"mobilenet: 6 arm(s) x 3 seed(s) = 18 runs; ~30m00s ({how})"]
@@ -388,8 +389,8 @@ def test_dry_run_plans_every_study_and_runs_nothing(tmp_path, capsys, calibratio
 
 def test_book_runs_skip_reports_unless_asked(tmp_path):
     def args(*extra):
-        opts = studies.parse(["pooling", *extra])
-        return studies.study_overrides("pooling", tmp_path, opts, studies.check(opts)[1])
+        opts = command.parse(["pooling", *extra])
+        return command.study_overrides("pooling", tmp_path, opts, command.check(opts)[1])
 
     assert args()[:3] == ["+experiment=pooling", f"hydra.sweep.dir={tmp_path / 'pooling'}",
                           "report.enabled=false"]
@@ -447,12 +448,12 @@ def test_studies_quick_writes_the_book(quick_book):
 def test_dry_run_of_a_started_book_counts_and_times_its_runs(quick_book, capsys):
     out, args, first = quick_book
     assert first.returncode == 0, first.stderr
-    studies.run_studies([*args[1:], "--dry-run"])
+    command.run_studies([*args[1:], "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"pooling: 2 arm(s) x 2 seed(s) = 4 runs; 4 complete in "
                                f"{out / 'pooling'}, 0 to run")
     again = [a.replace("seed=0,1", "seed=0,1,2") for a in args[1:]]
-    studies.run_studies([*again, "--dry-run"])
+    command.run_studies([*again, "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("pooling: 2 arm(s) x 3 seed(s) = 6 runs; 4 complete in ")
     assert "2 to run; ~" in lines[0] and lines[0].endswith("(from finished runs of the same arm)")
@@ -466,7 +467,7 @@ def test_book_only_and_publish_rebuild_without_training(quick_book, tmp_path, ca
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
     (out / "STUDIES.md").unlink()
     dest = tmp_path / "published"
-    studies.run_studies(["--book-only", "--out", str(out), "--publish", str(dest)])
+    command.run_studies(["--book-only", "--out", str(out), "--publish", str(dest)])
     assert (out / "STUDIES.md").read_text() == before
     assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == mtimes
     assert not list(dest.rglob("model.pt")) and len(list(dest.rglob("summary.json"))) == 10
@@ -475,7 +476,7 @@ def test_book_only_and_publish_rebuild_without_training(quick_book, tmp_path, ca
         return (folder / "STUDIES.md").read_text().split("## Findings")[1].split("\n## ")[0]
     assert findings(dest) == findings(out)
     capsys.readouterr()
-    studies.run_studies([*args[1:-1], str(dest), "--dry-run"])  # a published book continues
+    command.run_studies([*args[1:-1], str(dest), "--dry-run"])  # a published book continues
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("pooling: 2 arm(s) x 2 seed(s) = 4 runs; 4 complete in ")
     assert lines[-1].startswith("in all: 10 runs, 0 to run")

@@ -15,9 +15,9 @@ from conftest import ROOT, run_cli
 from omegaconf import OmegaConf
 
 from mnistcnn.__main__ import main
-from mnistcnn.config import compose_config
-from mnistcnn.errors import UserError
-from mnistcnn.sweeps import precheck
+from mnistcnn.base.config import compose_config
+from mnistcnn.base.errors import UserError
+from mnistcnn.studies.sweeps import precheck
 
 # docs/sweeps-and-studies.md's list of what a multirun writes into its sweep folder.
 OUTPUT_FILES = ["comparison.md", "comparison.csv", "comparison.html", "curves_acc.png",
@@ -31,15 +31,15 @@ ENV = {"OMP_NUM_THREADS": "1"}
 # Runs the CLI with one simulated bug: a job with seed 2 raises RuntimeError mid-run.
 BUGGY_CLI = """
 import sys
-from mnistcnn import run
+from mnistcnn.runs import lifecycle
 from mnistcnn.__main__ import main
 
-checked = run.validate
+checked = lifecycle.validate
 def validate(cfg):
     if cfg.seed == 2:
         raise RuntimeError("simulated bug in job with seed 2")
     checked(cfg)
-run.validate = validate
+lifecycle.validate = validate
 main(sys.argv[1:])
 """
 

@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from mnistcnn.base.errors import UserError, exit_with
     from mnistcnn.cli import COMMANDS
-    from mnistcnn.errors import UserError, exit_with
 
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE + "\n\ncommands:")

@@ -15,18 +15,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnistcnn import digits, jobs, models, plots, rerun
-from mnistcnn.compare import build as build_comparison
-from mnistcnn.compare import console_text, default_out_dir, load_runs
-from mnistcnn.compare import write as write_comparison
-from mnistcnn.config import CONF_DIR, choice, compose_config, register_configs
-from mnistcnn.console import console_logging
-from mnistcnn.errors import UserError, exit_with
-from mnistcnn.evaluation import classify, evaluate_run, open_run, write_image_predictions
-from mnistcnn.pages import amount, pct
-from mnistcnn.run import resume_run, train_run
-from mnistcnn.sweeps import check_config, precheck
-from mnistcnn.training_setup import resolve_device
+from mnistcnn import models
+from mnistcnn.base.config import CONF_DIR, choice, compose_config, register_configs
+from mnistcnn.base.errors import UserError, exit_with
+from mnistcnn.data import digits
+from mnistcnn.reporting import plots
+from mnistcnn.reporting.comparison import build as build_comparison
+from mnistcnn.reporting.comparison import console_text, default_out_dir, load_runs
+from mnistcnn.reporting.comparison import write as write_comparison
+from mnistcnn.reporting.markup import amount, pct
+from mnistcnn.runs import jobs, rerun
+from mnistcnn.runs.console import console_logging
+from mnistcnn.runs.evaluation import classify, evaluate_run, open_run, write_image_predictions
+from mnistcnn.runs.lifecycle import resume_run, train_run
+from mnistcnn.studies.sweeps import check_config, precheck
+from mnistcnn.training.setup import resolve_device
 
 log = logging.getLogger("mnistcnn")
 register_configs()
@@ -198,7 +201,7 @@ def run_train(args: list[str]) -> None:
 
 
 def studies(args: list[str]) -> None:
-    from mnistcnn.studies import run_studies  # here: the other commands need none of it
+    from mnistcnn.studies.command import run_studies  # here: the other commands need none of it
 
     run_studies(args)
 

@@ -7,8 +7,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from mnistcnn.config import choice
-from mnistcnn.errors import UserError
+from mnistcnn.base.config import choice
+from mnistcnn.base.errors import UserError
 
 ACTIVATIONS = {
     "relu": nn.ReLU,

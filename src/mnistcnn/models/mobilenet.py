@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mnistcnn.config import choice
+from mnistcnn.base.config import choice
 from mnistcnn.models.base import StudyNet
 from mnistcnn.models.layers import (
     conv_block,

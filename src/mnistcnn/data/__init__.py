@@ -1,0 +1,2 @@
+"""Datasets on the device: IDX reading, splits, epoch draws, augmentation; digit images
+for `predict`."""

@@ -1,0 +1,2 @@
+"""Documents and figures: blocks rendered to Markdown and HTML, plots, probes, metrics, the
+run report and the comparison of runs."""

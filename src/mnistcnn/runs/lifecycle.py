@@ -1,0 +1,233 @@
+"""One training run in its folder: prepare (check, data, model) -> fit -> finish (test,
+model.pt, report, summary.json); and how a run that ends early is recorded.
+
+Everything written here is derived from the config and the training itself,
+so `evaluate` can rebuild the evaluation files later from model.pt alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+from torch import nn
+
+from mnistcnn import models
+from mnistcnn.base import provenance, run_folder
+from mnistcnn.base.config import choice, read_saved_config, saved_config, validate
+from mnistcnn.base.errors import Diverged, Interrupted, UserError
+from mnistcnn.base.signals import StopOnSignal
+from mnistcnn.data import dataset
+from mnistcnn.reporting import run_report
+from mnistcnn.reporting.markup import amount, pct
+from mnistcnn.runs.console import format_epoch, log_class_findings
+from mnistcnn.runs.evaluation import write_predictions
+from mnistcnn.tracking import mlflow_tracker, tensorboard_tracker
+from mnistcnn.training.checkpoints import (
+    load_training_state,
+    run_identity,
+    safe_load,
+    save_checkpoint,
+)
+from mnistcnn.training.cuda_graph import describe_path
+from mnistcnn.training.engine import evaluate, fit
+from mnistcnn.training.setup import (
+    graph_off_reason,
+    make_loss,
+    place_model,
+    resolve_device,
+    seed_everything,
+)
+from mnistcnn.training.stopping import EarlyStopping
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunFolder:
+    path: Path
+
+    @property
+    def shown(self) -> str:
+        """The folder as seen from where the command ran: no machine paths in what is
+        printed or recorded."""
+        return os.path.relpath(self.path)
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def last(self) -> Path:  # the resume state, rewritten after every epoch
+        return self.path / "last.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+
+def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train as configured, writing metrics.jsonl, last.pt (every epoch), summary.json,
+    predictions.csv, model.pt and the report into run_dir. Returns the summary; its
+    `status` says how the run ended. With cfg.resume, a completed run is returned as it
+    is and an interrupted one continues from its last.pt."""
+    folder = RunFolder(Path(run_dir))
+    if cfg.get("resume") and folder.summary.is_file():
+        previous = run_folder.read_json(folder.summary)
+        if previous.get("status") == "completed":
+            log.info("%s already completed (test/acc %s); skipped", folder.shown,
+                     pct(previous["test/acc"]))
+            return previous
+    summary = {"status": "running", "model": cfg.model.name, "seed": cfg.seed,
+               "started": run_folder.utc_now(), **provenance.record()}
+    ml = None
+    try:
+        device = start(cfg, folder, summary)
+        ml = mlflow_tracker.open_log(cfg, folder.path)
+        data, model = prepare(cfg, device, summary)
+        records, stopper, tb = train(cfg, folder, data, model, summary, ml)
+        finish(cfg, folder, data, model, records, stopper, tb, summary)
+        mlflow_tracker.close(ml, summary)
+        return summary
+    except BaseException as e:
+        record_end(e, folder, summary)
+        mlflow_tracker.close(ml, summary)
+        if isinstance(e, Diverged):
+            raise UserError(str(e)) from e
+        raise
+
+
+def start(cfg: DictConfig, folder: RunFolder, summary: dict):
+    """Every check that needs no data, then the first summary.json; returns the device."""
+    validate(cfg)
+    tensorboard_tracker.check_available(cfg)
+    mlflow_tracker.check_available(cfg)
+    device = resolve_device(cfg.trainer.device)
+    graph_off_reason(cfg, device)  # trainer.cuda_graph=true that cannot be: fail before data
+    summary["device"] = str(device)
+    run_folder.write_json(folder.summary, summary)
+    return device
+
+
+def prepare(cfg: DictConfig, device, summary: dict) -> tuple[dataset.Data, nn.Module]:
+    """Seeds, the data on the device and the model built for it."""
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    t0 = time.perf_counter()
+    data = dataset.load(cfg.data, device, cfg.seed)
+    summary["data_load_s"] = round(time.perf_counter() - t0, 3)
+    model = place_model(models.build(cfg.model, data.num_classes), device)
+    summary["params"] = models.param_counts(model)
+    log.info("%s: %s parameters, %d train / %d val / %d test images on %s", cfg.model.name,
+             f"{summary['params']['total']:,}", len(data.train),
+             len(data.val) if data.val is not None else 0, len(data.test), device)
+    return data, model
+
+
+def train(cfg: DictConfig, folder: RunFolder, data: dataset.Data, model: nn.Module,
+          summary: dict, ml
+          ) -> tuple[list[dict], EarlyStopping, tensorboard_tracker.TensorBoardLog | None]:
+    """fit, continuing from last.pt when resuming; every epoch is appended to metrics.jsonl,
+    saved in last.pt, logged and sent to the trackers as it ends."""
+    state = load_training_state(folder.last) if cfg.get("resume") else None
+    done = (state or {}).get("records", [])
+    # metrics.jsonl restarts from what last.pt knows: an epoch appended after the
+    # last checkpoint is trained again, so the file matches an uninterrupted run.
+    run_folder.write_text(folder.metrics, "".join(json.dumps(r) + "\n" for r in done))
+    if state:
+        log.info("resuming %s after epoch %d", folder.shown, state["epoch"])
+    stopper = EarlyStopping.from_config(cfg.trainer)
+    tb = tensorboard_tracker.open_log(cfg, folder.path, first_epoch=len(done) + 1)
+
+    def on_epoch(record: dict, training) -> None:
+        summary.update(training.path())
+        run_folder.append_jsonl(folder.metrics, record)
+        run_folder.save_torch(folder.last, {**training.state(), **run_identity(cfg, data)})
+        for tracker in (tb, ml):
+            if tracker is not None:
+                tracker.epoch(record)
+        log.info(format_epoch(record, cfg.trainer.epochs))
+        if stopper.stopped:
+            log.info(stopper.describe())
+
+    t0 = time.perf_counter()
+    with StopOnSignal() as stop:
+        try:
+            records = fit(model, data, cfg, on_epoch, resume=state, stop=stop, stopper=stopper)
+        except Interrupted as e:
+            e.signum = stop.signum or e.signum
+            raise
+    summary["train_time_s"] = round(time.perf_counter() - t0, 3)
+    return records, stopper, tb
+
+
+def finish(cfg: DictConfig, folder: RunFolder, data: dataset.Data, model: nn.Module,
+           records: list[dict], stopper: EarlyStopping, tb, summary: dict) -> None:
+    """The kept weights on the test set, predictions.csv, model.pt, the report and the
+    completed summary.json; last.pt goes."""
+    if choice(cfg.trainer.keep) == "best":
+        model.load_state_dict(stopper.best_weights)
+    test_loss, test_acc, logits = evaluate(model, data.test, data,
+                                           make_loss(cfg.loss, data.num_classes),
+                                           cfg.trainer.eval_batch_size, cfg.trainer.precision)
+    write_predictions(folder.path / "predictions.csv", data.test.labels, logits)
+    save_checkpoint(folder.path / "model.pt", model, cfg, data)
+    summary.update({f"final/{k}": v for k, v in records[-1].items()
+                    if k in ("train/loss", "train/acc", "val/loss", "val/acc")})
+    summary.update({"test/loss": test_loss, "test/acc": test_acc, "epochs": len(records),
+                    **stopper.summary(cfg.trainer.epochs, len(records)),
+                    "status": "completed", "finished": run_folder.utc_now()})
+    t0 = time.perf_counter()
+    summary.update(run_report.write_run_files(folder.path, cfg, model, data, summary))
+    summary["report_time_s"] = round(time.perf_counter() - t0, 3)
+    run_folder.write_json(folder.summary, summary)
+    if tb is not None:
+        tb.finish(cfg, summary)
+    # model.pt holds the kept weights; the resume state is no longer needed.
+    folder.last.unlink(missing_ok=True)
+    log.info("test/loss %s  test/acc %s  (%d epochs, %ss training)  -> %s",
+             amount(test_loss, "loss"), pct(test_acc), len(records),
+             amount(summary["train_time_s"], "time"), folder.shown)
+    log.info("training step: %s", describe_path(summary))
+    log_class_findings(summary)
+
+
+def record_end(error: BaseException, folder: RunFolder, summary: dict) -> None:
+    """summary.json of a run that did not complete: diverged, interrupted (with the command
+    that continues it) or failed. When even that write fails, the error in flight matters
+    more."""
+    if isinstance(error, Diverged):
+        summary.update(status="diverged", error=str(error), epoch=error.epoch,
+                       batch=error.batch, lr=error.lr)
+    elif isinstance(error, Interrupted):
+        resume = f"python -m mnistcnn train resume={folder.shown}"
+        summary.update(status="interrupted", error=str(error), epoch=error.epoch,
+                       batch=error.batch, resume=resume)
+        log.warning("interrupted; continue with: %s", resume)
+    else:
+        summary.update(status="failed", error=str(error) or type(error).__name__)
+    summary["finished"] = run_folder.utc_now()
+    try:
+        run_folder.write_json(folder.summary, summary)
+    except (OSError, UserError):
+        log.error("could not write %s", folder.summary)
+
+
+def resume_run(run_dir: str | Path) -> dict:
+    """`train resume=PATH`: continue a run in its own folder with its saved config."""
+    run_dir = Path(run_dir)
+    state_path, config_path = run_dir / "last.pt", run_dir / ".hydra" / "config.yaml"
+    if state_path.is_file():
+        cfg = saved_config(safe_load(state_path, "an mnistcnn resume checkpoint")["config"])
+    elif config_path.is_file():  # stopped before its first epoch ended: start it again
+        cfg = saved_config(read_saved_config(config_path, "restore it, or start the run "
+                                             "again with `train`"))
+    else:
+        raise UserError(f"{run_dir} is not a run folder (no last.pt or .hydra/config.yaml); "
+                        f"pass resume=PATH of a folder written by `train`")
+    cfg.resume = True
+    return train_run(cfg, run_dir)

@@ -1,0 +1,1 @@
+"""Studies: study files, sweeps, questions and their statistics, the book and publishing."""

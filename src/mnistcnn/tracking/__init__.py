@@ -1,0 +1,1 @@
+"""Experiment trackers (TensorBoard, MLflow) behind one small interface."""
