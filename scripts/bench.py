@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import resource
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -38,7 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnistcnn.reporting.markup import amount, pct
+from mnistcnn.base.formats import amount, pct
+from mnistcnn.base.provenance import cpu_model, recorded_command
 
 MODELS = ["classic", "tiny", "conv5x5", "keras", "mobilenet"]
 SIDES = ["textbook", "lightning", "mnistcnn"]
@@ -74,10 +74,10 @@ def bench_config(args):
 
 def build_model(args, device, place: bool = False):
     from mnistcnn import models
-    from mnistcnn.training import setup as training_setup
+    from mnistcnn.training.device import place_model
 
     model = models.build(bench_config(args).model, 10)
-    return training_setup.place_model(model, device) if place else model.to(device)
+    return place_model(model, device) if place else model.to(device)
 
 
 def torchvision_sets(args):
@@ -184,27 +184,25 @@ def lightning_side(args) -> dict:
 
 
 def mnistcnn_side(args) -> dict:
-    """mnistcnn's own training path: data.load + engine.fit, test accuracy after each epoch."""
+    """mnistcnn's own training path: dataset.load + engine.fit, test accuracy after each epoch."""
     torch, device = setup(args)
     from mnistcnn.data import dataset
     from mnistcnn.training import engine
-    from mnistcnn.training import setup as training_setup
+    from mnistcnn.training.cuda_graph_policy import plan_graph
+    from mnistcnn.training.device import seed_everything
 
     cfg = bench_config(args)
-    training_setup.seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     data = dataset.load(cfg.data, device, cfg.seed)
     model = build_model(args, device, place=True)
-    loss_fn = training_setup.make_loss(cfg.loss, data.num_classes)
+    training = engine.Training(model, data, cfg, plan_graph(cfg, device))
     epoch_s, test_acc, path = [], [], {}
-
-    def on_epoch(record, training):
+    for epoch in engine.fit(training):
         # fit times the epoch itself (it ends with a host read, so the device is idle)
-        epoch_s.append(record["epoch_time_s"])
-        test_acc.append(engine.evaluate(model, data.test, data, loss_fn,
+        epoch_s.append(epoch.record["epoch_time_s"])
+        test_acc.append(engine.evaluate(model, data.test, data, training.loss_fn,
                                         cfg.trainer.eval_batch_size)[1])
-        path.update(training.path())
-
-    engine.fit(model, data, cfg, on_epoch)
+        path = epoch.train_path
     # Which loop was timed (eager, CUDA graph, or eager after a failed capture), so that no
     # eager figure is read as a graphed one.
     return {**worker_result(torch, device, model, len(data.train), epoch_s, test_acc),
@@ -302,15 +300,7 @@ def speedups(sides: dict) -> dict:
 def machine() -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -419,20 +409,6 @@ def chosen_sides(args) -> list[str]:
     return sides
 
 
-def recorded_command(argv: list[str]) -> str:
-    """The command as bench.md records it: its paths relative to where it ran, so a result
-    never carries the machine's own folders."""
-    typed = []
-    for i, arg in enumerate(argv):
-        option, eq, value = arg.partition("=")
-        if eq and option in PATH_OPTIONS:
-            arg = f"{option}={os.path.relpath(value)}"
-        elif i and argv[i - 1] in PATH_OPTIONS:
-            arg = os.path.relpath(arg)
-        typed.append(arg)
-    return shlex.join(["python", "scripts/bench.py", *typed])
-
-
 def main() -> None:
     args = parse_args()
     if args.worker:
@@ -440,7 +416,7 @@ def main() -> None:
         print(json.dumps(WORKERS[args.worker](args)))
         return
     sides = chosen_sides(args)
-    command = recorded_command(sys.argv[1:])
+    command = recorded_command(["python", "scripts/bench.py"], sys.argv[1:], PATH_OPTIONS)
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for turn, model in enumerate(args.models.split(",")):

@@ -11,6 +11,8 @@ import sys
 import pytest
 from conftest import ROOT
 
+from mnistcnn.base.provenance import recorded_command
+
 spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
@@ -55,8 +57,9 @@ def test_speedup_is_steady_speed_and_accuracy_must_agree():
 
 def test_the_recorded_command_has_paths_relative_to_where_it_ran(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    command = bench.recorded_command(["--out", str(tmp_path / "res"), "--models", "classic",
-                                      f"--data-dir={tmp_path / 'mnist'}"])
+    typed = ["--out", str(tmp_path / "res"), "--models", "classic",
+             f"--data-dir={tmp_path / 'mnist'}"]
+    command = recorded_command(["python", "scripts/bench.py"], typed, bench.PATH_OPTIONS)
     assert command == "python scripts/bench.py --out res --models classic --data-dir=mnist"
 
 

@@ -72,6 +72,8 @@ def test_a_cuda_run_completes_on_the_gpu_and_repeats_closely(synthetic_dir, tmp_
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["device"] == "cuda"
     assert summary["test/acc"] > 0.5
+    # trainer.cuda_graph=auto, 28 full batches an epoch: the step was captured and replayed.
+    assert summary["train_path"] == "cuda_graph" and summary["graph_replays"] > 0, summary
     # GPU kernels may sum in another order from run to run: close, not bit-equal.
     for a, b in zip(first, second, strict=True):
         for key in ("train/loss", "train/acc", "val/loss", "val/acc"):

@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 
+from mnistcnn.base import run_reader
 from mnistcnn.base.errors import UserError
 from mnistcnn.reporting import comparison
 
@@ -55,7 +56,7 @@ def build(tmp_path, specs):
     """specs: (config, test_acc) or (config, test_acc, status, error) per job, in job order."""
     for i, spec in enumerate(specs):
         make_run(tmp_path / f"{i}_job", *spec)
-    return comparison.build(comparison.load_runs([tmp_path]))
+    return comparison.build(run_reader.load_runs([tmp_path]))
 
 
 def test_keys_that_do_not_change_the_experiment_do_not_split_rows(tmp_path):
@@ -136,7 +137,7 @@ def test_a_variant_choice_names_the_row_and_implies_its_keys(tmp_path):
     for i, (cfg, variant) in enumerate([(config(), "tiny_10classes"), (grouped, "tiny_4classes"),
                                         (augmented, "tiny_4classes_augment")]):
         make_run(tmp_path / f"{i}_job", cfg, 0.9 + i / 100, choices={"variant": variant})
-    comp = comparison.build(comparison.load_runs([tmp_path]))
+    comp = comparison.build(run_reader.load_runs([tmp_path]))
     assert comp.columns == ["variant"]  # not model (same for all) nor hydra/launcher
     assert comp.implied == ["data.classes", "data.augment.rotation"]
     assert [r.label for r in comp.rows][0] == "variant=tiny_4classes_augment"
@@ -181,20 +182,20 @@ def test_write_produces_every_file(tmp_path):
 def test_a_job_without_summary_is_reported_missing(tmp_path):
     (tmp_path / "0_job" / ".hydra").mkdir(parents=True)
     (tmp_path / "0_job" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config()))
-    comp = comparison.build(comparison.load_runs([tmp_path]))
+    comp = comparison.build(run_reader.load_runs([tmp_path]))
     assert comp.rows[0].status == "missing" and comp.failed
 
 
 def test_find_runs_orders_jobs_and_rejects_empty_folders(tmp_path):
     for name in ("10_b", "2_a"):
         make_run(tmp_path / "sweep" / name, config())
-    assert [p.name for p in comparison.find_runs([tmp_path / "sweep"])] == ["2_a", "10_b"]
-    assert comparison.find_runs([tmp_path / "sweep" / "2_a"]) == [tmp_path / "sweep" / "2_a"]
+    assert [p.name for p in run_reader.find_runs([tmp_path / "sweep"])] == ["2_a", "10_b"]
+    assert run_reader.find_runs([tmp_path / "sweep" / "2_a"]) == [tmp_path / "sweep" / "2_a"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no run folders"):
-        comparison.find_runs([tmp_path / "empty"])
+        run_reader.find_runs([tmp_path / "empty"])
     with pytest.raises(UserError, match="does not exist"):
-        comparison.find_runs([tmp_path / "nope"])
+        run_reader.find_runs([tmp_path / "nope"])
 
 
 def test_default_out_dir_rebuilds_a_sweep_in_place(tmp_path):

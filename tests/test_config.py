@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from omegaconf import OmegaConf
 
 from mnistcnn.__main__ import main
-from mnistcnn.base.config import choice, compose_config, saved_config, to_plain
+from mnistcnn.base.config import CONF_DIR, choice, compose_config, saved_config, to_plain
+from mnistcnn.base.config_keys import NOT_SETTINGS
+from mnistcnn.runs import rerun
 
 
 @pytest.mark.parametrize("args, message", [
@@ -71,3 +74,37 @@ def test_configs_saved_before_new_trainer_keys_get_their_defaults():
     cfg = saved_config(saved)
     assert cfg.trainer.epochs == 2 and cfg.model.name == "tiny"
     assert to_plain(cfg)["trainer"] == to_plain(compose_config([]))["trainer"] | {"epochs": 2}
+
+
+def every_key(tree: dict, prefix: str = "") -> set[str]:
+    """Each key of a plain config, nodes and leaves: "report" and "report.plots"."""
+    keys = set()
+    for key, value in tree.items():
+        keys.add(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys |= every_key(value, f"{prefix}{key}.")
+    return keys
+
+
+def test_job_folder_names_leave_out_exactly_the_keys_that_do_not_change_training():
+    """One list: conf/config.yaml's exclude_keys is each key and group that NOT_SETTINGS
+    covers (Hydra matches whole keys), and an entry covers only itself and its subkeys."""
+    keys = {group.name for group in CONF_DIR.iterdir() if group.is_dir()}
+    keys.add(rerun.OPTION.split("=")[0])  # a group made at run time
+    for overrides in (["logger=none"], ["logger=tensorboard"],
+                      ["logger=mlflow", "+experiment=pooling"]):  # every logger key, a study
+        keys |= every_key(OmegaConf.to_container(compose_config(overrides)))
+    for key in keys:
+        assert key.startswith(NOT_SETTINGS) == any(
+            key == entry or key.startswith(f"{entry}.") for entry in NOT_SETTINGS), key
+    exclude_keys = compose_config([], with_hydra=True).hydra.job.config.override_dirname \
+        .exclude_keys
+    assert sorted(exclude_keys) == sorted(k for k in keys if k.startswith(NOT_SETTINGS))
+
+
+def test_a_job_folder_is_named_after_its_settings_only():
+    overrides = ["+experiment=pooling", "model.pool=max", "seed=0", "quick=on",
+                 "report.enabled=false", "report.tsne_samples=10", "data.dir=/data/mnist",
+                 "logger=mlflow", "logger.tracking_uri=sqlite:///some/dir/m.db"]
+    hydra = compose_config(overrides, with_hydra=True).hydra
+    assert hydra.job.override_dirname == "+experiment=pooling,model.pool=max,quick=on,seed=0"

@@ -13,7 +13,11 @@ from mnistcnn.base import errors
 from mnistcnn.base.config import compose_config
 from mnistcnn.base.errors import UserError
 from mnistcnn.data import dataset
-from mnistcnn.training import engine, setup
+from mnistcnn.training import engine, factories
+from mnistcnn.training.cuda_graph_policy import plan_graph
+from mnistcnn.training.device import place_model, resolve_device, seed_everything
+
+CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("overrides, cls, settings", [
@@ -28,7 +32,7 @@ from mnistcnn.training import engine, setup
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_every_optimizer_is_built_with_its_settings(overrides, cls, settings):
     cfg = compose_config([*overrides, "optim.lr=0.003", "optim.weight_decay=0.001"]).optim
-    opt = setup.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
+    opt = factories.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
     assert type(opt) is cls
     group = opt.param_groups[0]
     assert group["lr"] == 0.003 and group["weight_decay"] == 0.001
@@ -39,23 +43,21 @@ def test_every_optimizer_is_built_with_its_settings(overrides, cls, settings):
 def test_nesterov_without_momentum_is_a_user_error():
     cfg = compose_config(["optim=sgd", "optim.momentum=0", "optim.nesterov=true"]).optim
     with pytest.raises(UserError, match="needs optim.momentum > 0"):
-        setup.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
+        factories.make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
 
 
 def lrs(sched_name, epochs=2, steps=5, optim="adam", **extra):
     cfg = compose_config([f"sched={sched_name}", f"optim={optim}",
                           *[f"sched.{k}={v}" for k, v in extra.items()]])
-    opt = setup.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
-    sched, unit = setup.make_scheduler(opt, cfg.sched, epochs, steps)
+    opt = factories.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
+    schedule = factories.make_schedule(opt, cfg.sched, epochs, steps)
     seen = []
     for _ in range(epochs):
         for _ in range(steps):
             seen.append(opt.param_groups[0]["lr"])
             opt.step()
-            if unit == "batch":
-                sched.step()
-        if unit == "epoch":
-            sched.step()
+            schedule.after_batch()
+        schedule.after_epoch({})
     return seen
 
 
@@ -81,9 +83,9 @@ SMOOTHED = torch.tensor([[0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3], [0.1 / 3, 0.1 / 3, 0
     ("mse", lambda z: ((z.softmax(1) - SMOOTHED) ** 2).mean()),
 ])
 def test_losses_prefer_the_right_class_and_use_the_smoothing(name, expected):
-    smoothed = setup.make_loss(compose_config([f"loss.name={name}",
+    smoothed = factories.make_loss(compose_config([f"loss.name={name}",
                                                 "loss.label_smoothing=0.1"]).loss, 3)
-    plain = setup.make_loss(compose_config([f"loss.name={name}"]).loss, 3)
+    plain = factories.make_loss(compose_config([f"loss.name={name}"]).loss, 3)
     y = torch.tensor([0, 2])
     good = torch.tensor([[5.0, 0, 0], [0, 0, 5.0]])
     assert smoothed(good, y) < smoothed(-good, y)
@@ -94,10 +96,10 @@ def test_losses_prefer_the_right_class_and_use_the_smoothing(name, expected):
 
 def test_nll_and_cross_entropy_agree_without_smoothing():
     logits, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
-    ce = setup.make_loss(compose_config([]).loss, 10)
-    nll = setup.make_loss(compose_config(["loss.name=nll"]).loss, 10)
+    ce = factories.make_loss(compose_config([]).loss, 10)
+    nll = factories.make_loss(compose_config(["loss.name=nll"]).loss, 10)
     assert torch.allclose(ce(logits, y), nll(logits, y))
-    mse = setup.make_loss(compose_config(["loss.name=mse"]).loss, 10)
+    mse = factories.make_loss(compose_config(["loss.name=mse"]).loss, 10)
     expected = F.mse_loss(logits.softmax(1), F.one_hot(y, 10).float())
     assert torch.allclose(mse(logits, y), expected)
 
@@ -107,23 +109,32 @@ def test_deterministic_mode_is_each_runs_own():
     the same process (an in-process sweep, a reused joblib worker)."""
     before = torch.are_deterministic_algorithms_enabled()
     try:
-        setup.seed_everything(0, deterministic=True)
+        seed_everything(0, deterministic=True)
         assert torch.are_deterministic_algorithms_enabled()
-        setup.seed_everything(1, deterministic=False)
+        seed_everything(1, deterministic=False)
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(before)
 
 
+def config(folder, *overrides):
+    return compose_config([f"data.dir={folder}", "data.val_size=200", "model=classic",
+                           "trainer.epochs=2", *overrides])
+
+
+def training_of(cfg, resume=None) -> engine.Training:
+    """A CPU Training of the config, on its data, with a new model (seeded first)."""
+    seed_everything(cfg.seed)
+    data = dataset.load(cfg.data, CPU, cfg.seed)
+    return engine.Training(models.build(cfg.model, data.num_classes), data, cfg,
+                           plan_graph(cfg, CPU), resume=resume)
+
+
 def fit_synthetic(folder, *overrides):
-    cfg = compose_config([f"data.dir={folder}", "data.val_size=200", "model=classic",
-                          "trainer.epochs=2", *overrides])
-    setup.seed_everything(cfg.seed)
-    data = dataset.load(cfg.data, "cpu", cfg.seed)
-    model = models.build(cfg.model, data.num_classes)
-    seen = []
-    records = engine.fit(model, data, cfg, lambda record, _training: seen.append(record))
-    return records, seen, model, data
+    """(the Training's records, those fit yielded, the model, the data)."""
+    training = training_of(config(folder, *overrides))
+    seen = [epoch.record for epoch in engine.fit(training)]
+    return training.records, seen, training.model, training.data
 
 
 def test_fit_records_every_metric_and_is_repeatable(synthetic_dir):
@@ -141,7 +152,7 @@ def test_fit_records_every_metric_and_is_repeatable(synthetic_dir):
 def test_fit_learns_and_evaluate_agrees_with_predictions(synthetic_dir):
     records, _, model, data = fit_synthetic(synthetic_dir, "trainer.epochs=3")
     assert records[-1]["val/acc"] > 0.5
-    loss_fn = setup.make_loss(compose_config([]).loss, 10)
+    loss_fn = factories.make_loss(compose_config([]).loss, 10)
     loss, acc, logits = engine.evaluate(model, data.test, data, loss_fn, 64)
     assert logits.shape == (len(data.test), 10)
     assert acc == pytest.approx((logits.argmax(1) == data.test.labels).float().mean().item())
@@ -155,47 +166,45 @@ def test_diverging_loss_stops_the_run(synthetic_dir):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_request_without_gpu_is_a_user_error():
     with pytest.raises(UserError, match="no CUDA GPU"):
-        setup.resolve_device("cuda")
-    assert setup.resolve_device("auto").type == "cpu"
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
 
 
 @pytest.mark.cuda
 def test_fit_on_the_gpu_learns_and_keeps_everything_there(synthetic_dir):
-    assert setup.resolve_device("auto").type == "cuda"
-    cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=classic",
-                          "trainer.epochs=3", "trainer.device=cuda"])
-    device = setup.resolve_device(cfg.trainer.device)
-    setup.seed_everything(cfg.seed)
+    assert resolve_device("auto").type == "cuda"
+    cfg = config(synthetic_dir, "trainer.epochs=3", "trainer.device=cuda")
+    device = resolve_device(cfg.trainer.device)
+    seed_everything(cfg.seed)
     data = dataset.load(cfg.data, device, cfg.seed)
-    model = setup.place_model(models.build(cfg.model, data.num_classes), device)
-    records = engine.fit(model, data, cfg, lambda r, t: None)
+    model = place_model(models.build(cfg.model, data.num_classes), device)
+    training = engine.Training(model, data, cfg, plan_graph(cfg, device))
+    paths = [epoch.train_path for epoch in engine.fit(training)]
+    records = training.records
     assert records[-1]["val/acc"] > 0.5
     assert all(math.isfinite(r["train/loss"]) for r in records)
     assert all(p.device.type == "cuda" for p in model.parameters())
+    # trainer.cuda_graph=auto on a GPU, 28 full batches an epoch: the step was replayed.
+    assert paths[-1]["train_path"] == "cuda_graph" and paths[-1]["graph_replays"] > 0, paths
 
 
 def test_resuming_from_a_saved_state_gives_the_uninterrupted_records(synthetic_dir, tmp_path):
     overrides = ["data.augment.rotation=10", "sched=cosine", "optim=sgd"]
     full, *_ = fit_synthetic(synthetic_dir, *overrides)
-    cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=classic",
-                          "trainer.epochs=2", *overrides])
-    setup.seed_everything(cfg.seed)
-    data = dataset.load(cfg.data, "cpu", cfg.seed)
+    cfg = config(synthetic_dir, *overrides)
     saved = tmp_path / "state.pt"
-
-    def stop_after_first(record, training):
-        torch.save(training.state(), saved)
-        raise errors.Interrupted(record["epoch"], 0)
-
-    with pytest.raises(errors.Interrupted):
-        engine.fit(models.build(cfg.model, 10), data, cfg, stop_after_first)
-    torch.manual_seed(123)  # a fresh process would have other RNG states: the state restores them
+    epochs = engine.fit(training_of(cfg))
+    torch.save(next(epochs).state, saved)
+    epochs.close()  # the run stops after its first epoch
     state = torch.load(saved, weights_only=True)
-    resumed = engine.fit(models.build(cfg.model, 10), data, cfg, lambda r, t: None, resume=state)
+    torch.manual_seed(123)  # a fresh process would have other RNG states: the state restores them
+    resumed = engine.Training(models.build(cfg.model, 10), dataset.load(cfg.data, CPU, cfg.seed),
+                              cfg, plan_graph(cfg, CPU), resume=state)
+    assert [epoch.record["epoch"] for epoch in engine.fit(resumed)] == [2]
 
     def strip(records):
         return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in records]
-    assert strip(resumed) == strip(full)
+    assert strip(resumed.records) == strip(full)
 
 
 def test_stop_request_raises_after_the_batch_in_flight(synthetic_dir):
@@ -206,16 +215,15 @@ def test_stop_request_raises_after_the_batch_in_flight(synthetic_dir):
         return len(calls) == 3
 
     cfg = compose_config([f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny"])
-    data = dataset.load(cfg.data, "cpu", cfg.seed)
     with pytest.raises(errors.Interrupted, match="epoch 1 after batch 2"):
-        engine.fit(models.build(cfg.model, 10), data, cfg, lambda r, t: None, stop=stop)
+        list(engine.fit(training_of(cfg), stop=stop))
 
 
 def test_bf16_autocast_trains_and_reports_fp32_logits(synthetic_dir):
     records, _, model, data = fit_synthetic(synthetic_dir, "trainer.precision=bf16",
                                             "trainer.epochs=3")
     assert records[-1]["val/acc"] > 0.5
-    loss_fn = setup.make_loss(compose_config([]).loss, 10)
+    loss_fn = factories.make_loss(compose_config([]).loss, 10)
     _, _, logits = engine.evaluate(model, data.test, data, loss_fn, 64, "bf16")
     assert logits.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in model.parameters())

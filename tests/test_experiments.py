@@ -12,7 +12,7 @@ from conftest import run_cli
 
 from mnistcnn import cli
 from mnistcnn.base.config import CONF_DIR, compose_config
-from mnistcnn.studies import sweeps
+from mnistcnn.runs import preflight
 
 # Each study's model, what it varies (beyond the seed) and how many configurations that makes.
 STUDIES = {
@@ -29,7 +29,7 @@ PRESETS = list(STUDIES)
 
 
 def sweep_params(*overrides: str) -> dict[str, list[str]]:
-    params = sweeps.sweeper_config(list(overrides)).params
+    params = preflight.sweeper_config(list(overrides)).params
     return {k: str(v).split(",") for k, v in params.items()}
 
 
@@ -58,7 +58,7 @@ def test_preset_sweeps_its_study_over_3_seeds(name):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_job_of_a_preset_is_a_valid_config(name):
-    sweeps.precheck([f"+experiment={name}"], multirun=True)  # raises UserError on a bad job
+    preflight.check_overrides([f"+experiment={name}"], multirun=True)  # UserError on a bad job
 
 
 @pytest.mark.parametrize("order", ["after", "before"])
@@ -98,7 +98,7 @@ def test_a_preset_runs_with_its_quick_switch(synthetic_dir, tmp_path):
 
 def test_speedrun_preset_runs_one_configuration_over_5_seeds():
     assert sweep_params("+experiment=speedrun") == {"seed": ["0", "1", "2", "3", "4"]}
-    sweeps.precheck(["+experiment=speedrun"], multirun=True)
+    preflight.check_overrides(["+experiment=speedrun"], multirun=True)
     cfg = compose_config(["+experiment=speedrun"])
     assert cfg.model.name == "conv5x5" and cfg.model.batchnorm and cfg.sched.name == "onecycle"
     assert cfg.data.val_size == 0 and not cfg.report.enabled

@@ -20,8 +20,9 @@ from mnistcnn.base import errors
 from mnistcnn.base.config import compose_config
 from mnistcnn.base.errors import UserError
 from mnistcnn.data import dataset
-from mnistcnn.training import cuda_graph, engine
-from mnistcnn.training import setup as setup
+from mnistcnn.training import cuda_graph, engine, factories
+from mnistcnn.training.cuda_graph_policy import GraphPlan, plan_graph, scheduled_hyperparameters
+from mnistcnn.training.device import place_model, seed_everything
 
 CPU, CUDA, META = torch.device("cpu"), torch.device("cuda"), torch.device("meta")
 
@@ -31,29 +32,58 @@ def cfg_of(*overrides):
 
 
 # ----------------------------------------------------------------------------- any machine
+def eager_reason(*overrides, device=CUDA):
+    return plan_graph(cfg_of(*overrides), device).eager_reason
+
+
 def test_graph_is_used_only_where_it_can_be():
-    assert setup.graph_off_reason(cfg_of(), CUDA) is None
-    assert "trains on cpu" in setup.graph_off_reason(cfg_of(), CPU)
-    assert setup.graph_off_reason(cfg_of("trainer.cuda_graph=false"), CUDA) == \
-        "trainer.cuda_graph=false"
-    assert "trainer.compile" in setup.graph_off_reason(cfg_of("trainer.compile=true"), CUDA)
+    assert eager_reason() is None
+    assert "trains on cpu" in eager_reason(device=CPU)
+    assert eager_reason("trainer.cuda_graph=false") == "trainer.cuda_graph=false"
+    assert "trainer.compile" in eager_reason("trainer.compile=true")
     for optim in ("sgd", "rmsprop"):
-        reason = setup.graph_off_reason(cfg_of(f"optim={optim}", "sched=onecycle"), CUDA)
-        assert "cycles optim.momentum" in reason
-    assert setup.graph_off_reason(cfg_of("optim=sgd", "sched=cosine"), CUDA) is None
+        assert "cycles optim.momentum" in eager_reason(f"optim={optim}", "sched=onecycle")
+    assert eager_reason("optim=sgd", "sched=cosine") is None
     with pytest.raises(UserError, match="trainer.cuda_graph=true but CUDA graphs need a GPU"):
-        setup.graph_off_reason(cfg_of("trainer.cuda_graph=true"), CPU)
+        plan_graph(cfg_of("trainer.cuda_graph=true"), CPU)
+
+
+def test_the_plan_carries_what_the_run_builds():
+    assert plan_graph(cfg_of("sched=cosine"), CUDA) == GraphPlan(None, False, ("lr",))
+    assert plan_graph(cfg_of("trainer.cuda_graph=true"), CUDA) == GraphPlan(None, True, ())
+    assert plan_graph(cfg_of("sched=cosine"), CPU) == GraphPlan(
+        "CUDA graphs need a GPU and this run trains on cpu", False, None)
 
 
 def test_only_scheduled_hyperparameters_become_tensors():
-    assert setup.scheduled_hyperparameters(cfg_of()) == ()
-    assert setup.scheduled_hyperparameters(cfg_of("sched=step")) == ("lr",)
-    assert setup.scheduled_hyperparameters(cfg_of("sched=onecycle")) == ("lr", "betas")
-    assert setup.optimizer_options("sgd", ("lr",)) == {"fused": True}
-    assert setup.optimizer_options("adam", ("lr",)) == {"capturable": True, "foreach": True}
-    assert setup.optimizer_options("adam", ("lr", "betas")) == {"capturable": True,
-                                                                  "foreach": False}
-    assert setup.optimizer_options("adam", None) == {}
+    assert scheduled_hyperparameters(cfg_of()) == ()
+    assert scheduled_hyperparameters(cfg_of("sched=step")) == ("lr",)
+    assert scheduled_hyperparameters(cfg_of("sched=onecycle")) == ("lr", "betas")
+    assert factories.optimizer_options("sgd", ("lr",)) == {"fused": True}
+    assert factories.optimizer_options("adam", ("lr",)) == {"capturable": True,
+                                                             "foreach": True}
+    assert factories.optimizer_options("adam", ("lr", "betas")) == {"capturable": True,
+                                                                      "foreach": False}
+    assert factories.optimizer_options("adam", None) == {}
+
+
+def test_cuda_graph_true_on_a_split_too_small_for_the_capture_is_a_user_error(synthetic_dir):
+    """An epoch must hold the warm-up steps and the capture in full-size batches, or a run
+    with trainer.cuda_graph=true would train eagerly all along; known once the data is."""
+    cfg = cfg_of(f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny",
+                 "data.limit=200", "trainer.cuda_graph=true")  # 3 full batches of 64
+    data = dataset.load(cfg.data, CPU, cfg.seed)
+    plan = plan_graph(cfg, CUDA)
+    with pytest.raises(UserError) as error:
+        engine.Training(models.build(cfg.model, data.num_classes), data, cfg, plan)
+    assert str(error.value) == (
+        "trainer.cuda_graph=true but an epoch of 200 training images has 3 full batches of "
+        "64, and the capture comes after 3 warm-up steps; use trainer.batch_size=50 or less, "
+        "or trainer.cuda_graph=auto")
+    plan.check_reaches_capture(200, 50)  # 4 full batches: the 4th is captured
+    GraphPlan(None).check_reaches_capture(200, 64)  # auto: the run records why it was eager
+    with pytest.raises(UserError, match="has 0 full batches of 64, .*; use trainer.cuda_graph"):
+        plan.check_reaches_capture(3, 64)
 
 
 class HostTraffic(TorchDispatchMode):
@@ -107,7 +137,7 @@ def graphed_training_step_is_clean(training: engine.Training, reads: tuple[str, 
     """Build the optimizer as a graphed run does, run one step to make its state (the
     warm-up), then run the step as the graph would capture it, counting host traffic."""
     cfg = training.cfg
-    training.opt = setup.make_optimizer(training.model.parameters(), cfg.optim, reads)
+    training.opt = factories.make_optimizer(training.model.parameters(), cfg.optim, reads)
     training.model.train()
     training.new_epoch()
     engine.train_step(training, cfg.trainer.batch_size)
@@ -121,7 +151,7 @@ def graphed_training_step_is_clean(training: engine.Training, reads: tuple[str, 
 GRAPHED_OPTIMIZER_SCHEDULES = [
     (optim, sched) for optim in ("adam", "adamw", "sgd", "rmsprop", "adadelta")
     for sched in ("none", "step", "cosine", "onecycle", "plateau")
-    if setup.graph_off_reason(cfg_of(f"optim={optim}", f"sched={sched}"), CUDA) is None]
+    if eager_reason(f"optim={optim}", f"sched={sched}") is None]
 
 
 @pytest.fixture
@@ -139,10 +169,10 @@ def optimizer_step(optim: str, sched: str, device: torch.device):
     """(step function, optimizer, graph reads) for two small parameters on `device`."""
     momentum = ["optim.momentum=0.9"] if optim in ("sgd", "rmsprop") else []  # buffers too
     cfg = cfg_of(f"optim={optim}", f"sched={sched}", *momentum)
-    reads = setup.scheduled_hyperparameters(cfg)
+    reads = scheduled_hyperparameters(cfg)
     params = [torch.nn.Parameter(torch.ones(4, 3, device=device)),
               torch.nn.Parameter(torch.ones(4, device=device))]
-    opt = setup.make_optimizer(params, cfg.optim, reads)
+    opt = factories.make_optimizer(params, cfg.optim, reads)
 
     def step():
         sum(p.square().sum() for p in params).backward()
@@ -209,8 +239,9 @@ def test_the_training_step_has_no_host_traffic(model, synthetic_dir, capturable_
     cfg = cfg_of(f"data.dir={synthetic_dir}", f"model={model}", "trainer.device=cpu",
                  *STEP_OVERRIDES, *dropout_of(model))
     data = dataset.load(cfg.data, CPU, cfg.seed)
-    training = engine.Training(models.build(cfg.model, data.num_classes), data, cfg)
-    host = graphed_training_step_is_clean(training, setup.scheduled_hyperparameters(cfg), CPU)
+    training = engine.Training(models.build(cfg.model, data.num_classes), data, cfg,
+                               plan_graph(cfg, CPU))
+    host = graphed_training_step_is_clean(training, scheduled_hyperparameters(cfg), CPU)
     assert not host.found(), host.found()
     assert int(training.totals.cursor) == 2 * cfg.trainer.batch_size
 
@@ -228,9 +259,9 @@ def test_the_training_step_runs_off_the_host(model, optim, loss, synthetic_dir, 
     data = dataset.load(cfg.data, CPU, cfg.seed)
     for split in (data.train, data.val, data.test):
         split.images, split.labels = split.images.to(META), split.labels.to(META)
-    model_on_meta = setup.place_model(models.build(cfg.model, data.num_classes), META)
-    training = engine.Training(model_on_meta, data, cfg)
-    host = graphed_training_step_is_clean(training, setup.scheduled_hyperparameters(cfg), META)
+    model_on_meta = place_model(models.build(cfg.model, data.num_classes), META)
+    training = engine.Training(model_on_meta, data, cfg, plan_graph(cfg, META))
+    host = graphed_training_step_is_clean(training, scheduled_hyperparameters(cfg), META)
     assert not host.found(), host.found()
 
 
@@ -330,7 +361,7 @@ def test_warm_up_capture_and_replays_are_counted_on_one_stream(monkeypatch):
     assert warm_up_streams == {graph_step.side_stream} and fake.default not in warm_up_streams
     assert all(args == ("t", 64) for _, _, args in calls)
     assert fake.replays == 7 and graph_step.replays == 7
-    assert graph_step.path() == {"train_path": "cuda_graph", "graph_replays": 7}
+    assert graph_step.train_path() == {"train_path": "cuda_graph", "graph_replays": 7}
     assert fake.current is fake.default
     graph_step.release()
     assert fake.resets == 1 and graph_step.graph is None
@@ -352,7 +383,7 @@ def test_a_failed_capture_restores_the_stream_names_the_cause_and_trains_eagerly
     # the batch being captured is trained eagerly, then every one after it
     assert [kind for kind, _, _ in calls] == ["eager"] * 3 + ["capture"] + ["eager"] * 3
     assert [stream for _, stream, _ in calls[-3:]] == [fake.default] * 3
-    assert graph_step.path() == {"train_path": "fallback", "train_path_reason": cause,
+    assert graph_step.train_path() == {"train_path": "fallback", "train_path_reason": cause,
                                  "graph_replays": 0}
     assert fake.replays == 0
 
@@ -371,6 +402,42 @@ def test_a_failed_capture_with_cuda_graph_true_is_a_user_error(monkeypatch):
     assert fake.current is fake.default
 
 
+@pytest.mark.parametrize("optim", ["adam", "sgd", "rmsprop"])
+def test_after_a_failed_capture_the_optimizer_is_an_eager_runs_with_its_state(
+        optim, monkeypatch, capturable_on_cpu):
+    """The eager steps after a failed capture (with `auto`) run the optimizer an eager run
+    builds (no capturable, fused or forced foreach path), continuing its state."""
+    fake = FakeCuda(monkeypatch)
+    step, opt, reads = optimizer_step(optim, "cosine", CPU)
+    params = opt.param_groups[0]["params"]
+    eager_flags = factories.optimizer_flags(factories.make_optimizer(
+        params, cfg_of(f"optim={optim}").optim))
+    assert factories.optimizer_flags(opt) != eager_flags
+
+    def step_that_cannot_be_captured():
+        if fake.current in fake.capture_streams:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        step()
+
+    graph_step = cuda_graph.CudaGraphStep(step_that_cannot_be_captured, opt, reads)
+    for _ in range(cuda_graph.WARMUP_STEPS + 2):  # the warm-up, the failed capture, one more
+        graph_step()
+    assert graph_step.train_path()["train_path"] == "fallback"
+    assert factories.optimizer_flags(opt) == eager_flags
+    # The state went on from the warm-up: the same steps on an eager optimizer from the start.
+    again = [torch.nn.Parameter(torch.ones(4, 3)), torch.nn.Parameter(torch.ones(4))]
+    momentum = [] if optim == "adam" else ["optim.momentum=0.9"]  # as optimizer_step has
+    eager_opt = factories.make_optimizer(again, cfg_of(f"optim={optim}", *momentum).optim)
+    for _ in range(cuda_graph.WARMUP_STEPS + 2):
+        sum(p.square().sum() for p in again).backward()
+        eager_opt.step()
+    for p, q in zip(params, again, strict=True):
+        assert torch.allclose(p, q), optim
+        for key, value in eager_opt.state[q].items():
+            assert torch.allclose(opt.state[p][key], value), key
+            assert opt.state[p][key].device == value.device, key
+
+
 def test_describe_path_says_which_loop_ran():
     assert cuda_graph.describe_path({"train_path": "cuda_graph", "graph_replays": 2340}) == \
         "CUDA graph (2,340 steps replayed)"
@@ -384,20 +451,21 @@ def test_describe_path_says_which_loop_ran():
 class ReplayEagerly(cuda_graph.CudaGraphStep):
     """A CudaGraphStep with capture switched off and everything else kept: the optimizer's
     graph flags, the warm-up, the hyperparameters read from tensors refreshed from the
-    schedule, the counts. Its "replay" runs the step eagerly with those tensors, so on a GPU
-    it is what a graph replay must equal, and on the CPU it runs the graphed loop's logic."""
+    schedule, the counts. Its "replay" runs the step eagerly with those tensors (and the
+    arguments of the capture, which a graph's replays reuse), so on a GPU it is what a graph
+    replay must equal, and on the CPU it runs the graphed loop's logic."""
 
     def _on_side_stream(self, fn, *args):
         fn(*args)
 
     def _capture(self, *args) -> bool:
         self._make_tensors()
-        self.graph = EagerGraph()
+        self.graph, self.captured_args = EagerGraph(), args
         return True
 
-    def _replay(self, *args) -> None:
+    def _replay(self) -> None:
         with self.holding_tensors():
-            self.step(*args)
+            self.step(*self.captured_args)
 
 
 class EagerGraph:
@@ -407,8 +475,8 @@ class EagerGraph:
 
 @pytest.fixture
 def graphed_on_cpu(monkeypatch, capturable_on_cpu):
-    """fit takes the graphed loop on the CPU, with ReplayEagerly in place of the graph."""
-    monkeypatch.setattr(engine, "graph_off_reason", lambda cfg, device: None)
+    """A Training with a GPU's plan (fit_cpu(graphed=True)) takes the graphed loop on the CPU,
+    with ReplayEagerly in place of the graph."""
     monkeypatch.setattr(engine, "CudaGraphStep", ReplayEagerly)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
 
@@ -421,7 +489,8 @@ def test_a_run_does_not_keep_its_graph_alive(synthetic_dir, graphed_on_cpu):
     cfg = cfg_of(f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny",
                  "trainer.device=cpu")
     data = dataset.load(cfg.data, CPU, cfg.seed)
-    training = engine.Training(models.build(cfg.model, data.num_classes), data, cfg)
+    training = engine.Training(models.build(cfg.model, data.num_classes), data, cfg,
+                               plan_graph(cfg, CUDA))
     assert isinstance(training.graph, ReplayEagerly)
     graph_step = weakref.ref(training.graph)
     gc.disable()
@@ -432,20 +501,17 @@ def test_a_run_does_not_keep_its_graph_alive(synthetic_dir, graphed_on_cpu):
         gc.enable()
 
 
-def fit_cpu(folder, *overrides, on_epoch=None, stop=None):
+def fit_cpu(folder, *overrides, graphed=False):
+    """(records, train_path after each epoch) of a classic-net fit on the CPU; `graphed`: with
+    the plan a GPU would have (see graphed_on_cpu)."""
     cfg = cfg_of(f"data.dir={folder}", "data.val_size=200", "model=classic", "trainer.epochs=2",
                  "trainer.device=cpu", "model.dropout=0", *overrides)
-    setup.seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     data = dataset.load(cfg.data, CPU, cfg.seed)
-    model = models.build(cfg.model, data.num_classes)
-    paths = []
-
-    def record(r, t):
-        paths.append(t.path())
-        if on_epoch is not None:
-            on_epoch(r, t)
-
-    return engine.fit(model, data, cfg, record, stop=stop), paths
+    training = engine.Training(models.build(cfg.model, data.num_classes), data, cfg,
+                               plan_graph(cfg, CUDA if graphed else CPU))
+    paths = [epoch.train_path for epoch in engine.fit(training)]
+    return training.records, paths
 
 
 @pytest.mark.parametrize("optim,sched", [("adam", "onecycle"), ("sgd", "cosine"),
@@ -458,25 +524,41 @@ def test_the_graphed_loop_trains_as_the_eager_loop_does(optim, sched, synthetic_
     overrides = [f"optim={optim}", f"sched={sched}"]
     released = []
     monkeypatch.setattr(ReplayEagerly, "release",
-                        lambda self: released.append(self.replays) or
-                        cuda_graph.CudaGraphStep.release(self))
-    graph, paths = fit_cpu(synthetic_dir, *overrides)
+                        lambda self, after_error=False: released.append(self.replays) or
+                        cuda_graph.CudaGraphStep.release(self, after_error))
+    graph, paths = fit_cpu(synthetic_dir, *overrides, graphed=True)
     # 1,800 training images: 28 full batches of 64 an epoch and a ragged one (eager)
     assert paths[-1] == {"train_path": "cuda_graph",
                          "graph_replays": 2 * 28 - cuda_graph.WARMUP_STEPS}
     assert released == [2 * 28 - cuda_graph.WARMUP_STEPS]
     monkeypatch.setattr(engine, "CudaGraphStep", lambda step, opt, reads, required: None)
-    eager, paths = fit_cpu(synthetic_dir, *overrides)
+    eager, paths = fit_cpu(synthetic_dir, *overrides, graphed=True)
     assert paths[-1] == {"train_path": "eager", "train_path_reason": None}
     assert_close(graph, eager, rel=1e-4, acc=2 / 200)
 
 
 def test_the_graph_is_released_when_training_fails(synthetic_dir, graphed_on_cpu, monkeypatch):
     released = []
-    monkeypatch.setattr(ReplayEagerly, "release", lambda self: released.append(self.replays))
+    monkeypatch.setattr(ReplayEagerly, "release",
+                        lambda self, after_error=False: released.append(after_error))
     with pytest.raises(errors.Diverged):
-        fit_cpu(synthetic_dir, "optim=sgd", "optim.lr=1e12", "sched=cosine")
-    assert len(released) == 1
+        fit_cpu(synthetic_dir, "optim=sgd", "optim.lr=1e12", "sched=cosine", graphed=True)
+    assert released == [True]
+
+
+def test_a_sticky_cuda_error_leaves_the_first_error_the_one_raised(synthetic_dir,
+                                                                   graphed_on_cpu, monkeypatch):
+    """After a sticky CUDA error every device call fails, the release's sync too: the error
+    that ended training is the one raised (and recorded), not the sync's."""
+    def sticky():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", sticky)
+    with pytest.raises(errors.Diverged):
+        fit_cpu(synthetic_dir, "optim=sgd", "optim.lr=1e12", "sched=cosine", graphed=True)
+    # Without an error in flight, a failing release is an error of its own.
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        fit_cpu(synthetic_dir, "trainer.epochs=1", graphed=True)
 
 
 def test_a_cpu_run_records_that_it_trained_eagerly_and_why(synthetic_dir):
@@ -508,7 +590,8 @@ def test_a_graphed_runs_optimizer_state_resumes_on_an_eager_optimizer():
     saved_by_gpu = torch.optim.Adam(params, lr=0.1).state_dict()
     saved_by_gpu["param_groups"][0]["capturable"] = True
     opt = torch.optim.Adam(params, lr=0.1)
-    opt.load_state_dict(setup.with_optimizer_flags(saved_by_gpu, opt))
+    opt.load_state_dict(factories.with_optimizer_flags(saved_by_gpu,
+                                                       factories.optimizer_flags(opt)))
     assert opt.param_groups[0]["capturable"] is False
     params[0].grad = torch.ones(3)
     opt.step()  # a capturable group would refuse CPU parameters
@@ -540,22 +623,22 @@ def test_schedule_values_reach_the_tensors_a_graph_reads():
 REPEAT = {"rel": 1e-3, "acc": 0.01}
 
 
-def fit_on(device, folder, *overrides, stop=None, on_epoch=None, resume=None):
-    """(records, model, the Training's path() after each epoch) of a classic-net fit."""
+def training_on(device, folder, *overrides, resume=None) -> engine.Training:
+    """A classic-net Training on `device`, planned as a run there is."""
     cfg = cfg_of(f"data.dir={folder}", "data.val_size=200", "model=classic",
                  "trainer.epochs=2", f"trainer.device={device}", *overrides)
-    setup.seed_everything(cfg.seed, cfg.trainer.deterministic)
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
     data = dataset.load(cfg.data, torch.device(device), cfg.seed)
-    model = setup.place_model(models.build(cfg.model, data.num_classes), torch.device(device))
-    paths = []
+    model = place_model(models.build(cfg.model, data.num_classes), torch.device(device))
+    return engine.Training(model, data, cfg, plan_graph(cfg, torch.device(device)),
+                           resume=resume)
 
-    def record(r, t):
-        paths.append(t.path())
-        if on_epoch is not None:
-            on_epoch(r, t)
 
-    records = engine.fit(model, data, cfg, record, resume=resume, stop=stop)
-    return records, model, paths
+def fit_on(device, folder, *overrides, stop=None, resume=None):
+    """(records, model, the train_path after each epoch) of a classic-net fit."""
+    training = training_on(device, folder, *overrides, resume=resume)
+    paths = [epoch.train_path for epoch in engine.fit(training, stop=stop)]
+    return training.records, training.model, paths
 
 
 def assert_close(a: list[dict], b: list[dict], rel=1e-3, acc=0.01):
@@ -600,6 +683,24 @@ def test_a_replayed_graph_is_the_same_step_run_eagerly(optim, sched, synthetic_d
                  "trainer.cuda_graph=true"]
     graph, _, paths = fit_on("cuda", synthetic_dir, *overrides)
     assert_graphed(paths)
+    monkeypatch.setattr(engine, "CudaGraphStep", ReplayEagerly)
+    eager, _, eager_paths = fit_on("cuda", synthetic_dir, *overrides)
+    assert eager_paths[-1]["graph_replays"] == paths[-1]["graph_replays"]
+    assert_close(graph, eager, rel=1e-4, acc=1 / 200)
+
+
+@pytest.mark.cuda
+def test_a_replayed_graph_trains_on_each_epochs_own_draw(synthetic_dir, monkeypatch):
+    """Two epochs with augmentation, against the same Training run eagerly (ReplayEagerly)
+    in deterministic mode: the graph must read epoch 2's order and augmentation, which are
+    copied into the tensors it captured, and not replay epoch 1's."""
+    overrides = ["optim=adam", "sched=cosine", "model.dropout=0", "trainer.epochs=2",
+                 "data.augment.rotation=10", "data.augment.translate=0.1",
+                 "data.augment.brightness=0.3", "trainer.deterministic=true",
+                 "trainer.cuda_graph=true"]
+    graph, _, paths = fit_on("cuda", synthetic_dir, *overrides)
+    assert_graphed(paths)
+    assert paths[0]["graph_replays"] < paths[1]["graph_replays"]  # replays in both epochs
     monkeypatch.setattr(engine, "CudaGraphStep", ReplayEagerly)
     eager, _, eager_paths = fit_on("cuda", synthetic_dir, *overrides)
     assert eager_paths[-1]["graph_replays"] == paths[-1]["graph_replays"]
@@ -663,13 +764,8 @@ def test_graphed_resume_gives_the_uninterrupted_records(synthetic_dir, tmp_path)
                  "data.augment.rotation=10"]
     full, _, _ = fit_on("cuda", synthetic_dir, *overrides)
     saved = tmp_path / "state.pt"
-
-    def stop_after_first(record, training):
-        torch.save(training.state(), saved)
-        raise errors.Interrupted(record["epoch"], 0)
-
-    with pytest.raises(errors.Interrupted):
-        fit_on("cuda", synthetic_dir, *overrides, on_epoch=stop_after_first)
+    with contextlib.closing(engine.fit(training_on("cuda", synthetic_dir, *overrides))) as epochs:
+        torch.save(next(epochs).state, saved)  # the run stops after its first epoch
     resumed, _, paths = fit_on("cuda", synthetic_dir, *overrides,
                                resume=torch.load(saved, weights_only=True))
     assert_graphed(paths)

@@ -1,6 +1,7 @@
 """logger=mlflow: runs read back from a SQLite store in a temp folder with MLflow's own
 client (params, metric history, status, tags, artifacts), the MLflow run of an interrupted
-and resumed run, and the one-line error when the package is missing."""
+and resumed run, a sweep's jobs in one experiment, and the one-line error when the package
+is missing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 
 import pytest
+from conftest import ROOT, run_main
 from omegaconf import OmegaConf
 
 from mnistcnn.base.config import compose_config
@@ -156,3 +158,24 @@ def test_a_sweep_job_is_tagged_with_its_study_and_sweep_and_named_after_its_fold
     assert params["experiment"] == "pooling" and params["quick"] == "on"
     named = compose_config(["logger=mlflow", "logger.experiment=mine"])
     assert mlflow_tracker.experiment_name(named, job) == "mine"
+
+
+def test_a_sweep_with_a_store_path_writes_flat_job_folders_and_one_experiment(synthetic_dir,
+                                                                              tmp_path):
+    # The form docs/tracking.md teaches: a path in an override names no folder.
+    uri = f"sqlite:///{tmp_path / 'store' / 'm.db'}"
+    sweep_dir = tmp_path / "sweep"
+    result = run_main("train", "-m", "model=tiny", f"data.dir={synthetic_dir}",
+                      "data.val_size=200", "data.limit=400", "trainer.epochs=1",
+                      "trainer.device=cpu", "report.enabled=false", "seed=0,1", "logger=mlflow",
+                      f"logger.tracking_uri={uri}", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr
+    jobs = [f"{n}_data.limit=400,data.val_size=200,model=tiny,seed={n},trainer.epochs=1"
+            for n in (0, 1)]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == jobs
+    assert all((sweep_dir / job / "summary.json").is_file() for job in jobs)
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(r.info.run_name for r in runs) == jobs
+    assert {client.get_experiment(r.info.experiment_id).name for r in runs} == {
+        os.path.relpath(sweep_dir, ROOT)}  # the sweep's folder, as seen from where it ran

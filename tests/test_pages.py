@@ -1,25 +1,43 @@
-"""The one writer of documents (markup.py): numbers, tables, and blocks that render the same
-content to Markdown and to HTML, used by report, compare and book."""
+"""The one writer of documents (markup.py): tables and blocks that render the same content
+to Markdown and to HTML, used by the run report, the comparison and the book; and the
+numbers in them, written one way everywhere (base/formats.py)."""
 
 from __future__ import annotations
 
 import base64
 import math
 
+from mnistcnn.base import formats
 from mnistcnn.reporting import markup, plots
 from mnistcnn.reporting.metrics import pooled
 
 
 def test_numbers_are_formatted_one_way():
-    assert markup.pct(0.99123) == "99.12%" and markup.pct(0.99123, 1) == "99.1%"
-    assert markup.pct(None) == markup.pct(math.nan) == markup.ABSENT
-    assert markup.number(0.0123456) == "0.01235" and markup.number(None) == markup.ABSENT
-    assert markup.amount(0.975, "acc") == "97.50" and markup.amount(0.5, "loss") == "0.5000"
-    assert markup.amount(None, "time") == markup.ABSENT
-    assert markup.mean_std(pooled([0.98, 0.97]), "acc") == "97.50 ± 0.71"
-    assert markup.mean_std(pooled([0.5]), "loss") == "0.5000"
-    assert markup.mean_std(pooled([11.6, 13.0]), "time") == "12.3 ± 1.0"
-    assert markup.mean_std(None, "acc") == markup.ABSENT
+    assert formats.pct(0.99123) == "99.12%" and formats.pct(0.99123, 1) == "99.1%"
+    assert formats.pct(None) == formats.pct(math.nan) == formats.ABSENT
+    assert formats.number(0.0123456) == "0.01235" and formats.number(None) == formats.ABSENT
+    assert formats.amount(0.975, "acc") == "97.50" and formats.amount(0.5, "loss") == "0.5000"
+    assert formats.amount(None, "time") == formats.ABSENT
+    assert formats.mean_std(pooled([0.98, 0.97]), "acc") == "97.50 ± 0.71"
+    assert formats.mean_std(pooled([0.5]), "loss") == "0.5000"
+    assert formats.mean_std(pooled([11.6, 13.0]), "time") == "12.3 ± 1.0"
+    assert formats.mean_std(None, "acc") == formats.ABSENT
+
+
+def test_durations_are_compact_in_tables_and_rough_in_sentences():
+    assert [formats.duration(s) for s in (5, 59.6, 125, 3723)] == ["5s", "1m00s", "2m05s",
+                                                                    "1h02m03s"]
+    # An estimate drops the seconds from an hour on; below, it is to the second.
+    assert formats.duration(3 * 3600 + 61, estimate=True) == "3h01m"
+    assert formats.duration(59, estimate=True) == "59s"
+    assert formats.duration(3599.6, estimate=True) == "1h00m00s"
+    assert [formats.duration_words(s) for s in (45, 720, 5400)] == ["45 s", "12 min", "1.5 h"]
+
+
+def test_sample_sizes_say_what_each_n_counts():
+    assert formats.sample_size([3, 3]) == "n = 3" and formats.sample_size([]) == "n = 0"
+    assert formats.sample_size([2, 3], "arm") == "n = 2–3 per arm"
+    assert formats.sample_size([4], "cell") == "n = 4 per cell"
 
 
 def test_tables_escape_their_cells():

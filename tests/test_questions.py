@@ -20,7 +20,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower
 from statsmodels.stats.weightstats import ttest_ind, ttost_ind
 
-from mnistcnn.reporting.comparison import Run
+from mnistcnn.base.run_reader import Run
 from mnistcnn.studies import questions
 from mnistcnn.studies.inference import WelchDifference, seeds_for
 from mnistcnn.studies.questions import Question, answer, questions_of

@@ -27,10 +27,10 @@ from mnistcnn.base.config import (
 )
 from mnistcnn.base.errors import UserError
 from mnistcnn.data.dataset import LABEL_MAGIC, Data, Split, read_idx
-from mnistcnn.reporting import plots, probes, run_report
+from mnistcnn.reporting import plots, probes, run_figures, run_report
+from mnistcnn.reporting.predictions import Predictions, write_predictions
 from mnistcnn.runs.console import log_class_findings
-from mnistcnn.runs.evaluation import write_predictions
-from mnistcnn.studies.sweeps import precheck
+from mnistcnn.runs.preflight import check_overrides
 from mnistcnn.training.engine import predict
 
 # docs/run-folder.md's list of plots/*.png: the code must draw exactly these.
@@ -67,7 +67,9 @@ def read_csv(path) -> list[list[str]]:
 
 
 def test_the_readme_plots_are_the_ones_drawn():
-    assert list(plots.FIGURES) == list(REPORT_PLOTS) == PLOTS
+    # The config's list (what report.plots accepts) and the figure makers name the same
+    # plots, in the same order.
+    assert list(run_figures.FIGURES) == list(REPORT_PLOTS) == PLOTS
 
 
 def test_train_writes_every_report_file(trained):
@@ -233,16 +235,17 @@ def write(tmp_path, overrides, data=None, preds=None, val=True) -> tuple[dict, s
     return keys, page
 
 
-def view_of(overrides: list[str], data: Data | None = None) -> plots.RunView:
+def view_of(overrides: list[str], data: Data | None = None) -> run_figures.RunView:
     data = data or synthetic_data()
     cfg = compose_config(overrides)
     model = models.build(cfg.model, data.num_classes)
     preds = predict(model, data.test, data, 1000).argmax(1).numpy()
     labels = data.test.labels.numpy()
-    return plots.RunView(cfg=cfg, settings=report_settings(cfg),
-                         label=run_report.run_label(cfg), model=model, data=data, records=[],
-                         predictions=plots.Predictions(labels, preds, np.ones(len(preds))),
-                         confusion=np.zeros((10, 10), int), rows=[], summary={})
+    return run_figures.RunView(cfg=cfg, settings=report_settings(cfg),
+                               label=run_report.run_label(cfg), model=model, data=data,
+                               records=[],
+                               predictions=Predictions(labels, preds, np.ones(len(preds))),
+                               confusion=np.zeros((10, 10), int), rows=[], summary={})
 
 
 def png_size(fig) -> tuple[int, int]:
@@ -254,9 +257,9 @@ def png_size(fig) -> tuple[int, int]:
 def test_filters_and_feature_maps_of_every_model(model):
     view = view_of([f"model={model}"])
     convs = probes.conv_layers(view.model)
-    first = plots.FIGURES["filters_first"](view)
-    last = plots.FIGURES["filters_last"](view)
-    maps = plots.FIGURES["feature_maps"](view)
+    first = run_figures.FIGURES["filters_first"](view)
+    last = run_figures.FIGURES["filters_last"](view)
+    maps = run_figures.FIGURES["feature_maps"](view)
     assert png_size(first)[0] == png_size(last)[0] == plots.FILTER_WIDTH * plots.DPI
     assert png_size(maps)[0] == plots.FEATURE_WIDTH * plots.DPI
     assert convs[0][0] in first.get_suptitle()
@@ -271,13 +274,13 @@ def test_filters_and_feature_maps_of_every_model(model):
 
 
 def test_embedding_of_a_two_unit_bottleneck_is_drawn_raw():
-    fig = plots.FIGURES["embedding"](view_of(["model=conv5x5", "model.features=2"]))
+    fig = run_figures.FIGURES["embedding"](view_of(["model=conv5x5", "model.features=2"]))
     assert "raw 2-D features" in fig.get_suptitle() and "head.bottleneck" in fig.get_suptitle()
     assert fig.axes[0].get_xlabel() == "feature 1"
 
 
 def test_embedding_of_a_wider_layer_uses_tsne():
-    fig = plots.FIGURES["embedding"](view_of(["model=classic"]))
+    fig = run_figures.FIGURES["embedding"](view_of(["model=classic"]))
     assert "t-SNE of head.act (50 units) for 60 test images" in fig.get_suptitle()
     assert len(fig.axes[0].get_legend().get_texts()) == 10
 
@@ -334,7 +337,7 @@ def test_a_run_without_mistakes_skips_the_error_gallery_with_a_note(tmp_path):
 @pytest.mark.parametrize("index", [0, 17])
 def test_sample_index_picks_the_feature_map_digit(index):
     view = view_of(["model=tiny", f"report.sample_index={index}"])
-    fig = plots.FIGURES["feature_maps"](view)
+    fig = run_figures.FIGURES["feature_maps"](view)
     label = view.data.class_names[view.predictions.labels[index]]
     assert f"feature maps of test image {index} (true {label}," in fig.get_suptitle()
     drawn = np.asarray(fig.axes[0].images[0].get_array())[:28, :28]  # the input row
@@ -369,7 +372,7 @@ def test_unknown_plot_names_are_rejected_before_training():
         validate(compose_config(["report.plots=[loss,curves]"]))
     # The command line's pre-check runs validate: no run folder is made for a bad setting.
     with pytest.raises(UserError, match="report.tsne_samples=0 is out of range: must be >= 1"):
-        precheck(["report.tsne_samples=0"], multirun=False)
+        check_overrides(["report.tsne_samples=0"], multirun=False)
 
 
 def test_run_label_names_the_model_knobs_that_differ_from_defaults():

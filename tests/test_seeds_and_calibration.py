@@ -74,7 +74,8 @@ def test_estimates_say_where_they_come_from():
         == ("~1m40s (2 from finished runs of the same arm; no estimate for 4 (pooling "
             "model.pool=avg: no data))")
     assert command.estimate_text(3, 0, 0, failed=["x: y"]) == "no estimate (x: y)"
-    assert command.about(3 * 3600 + 61) == "3h01m" and command.about(59) == "59s"
+    assert command.estimate_text(2, 3 * 3600 + 61, 2) == (
+        "~3h01m (from finished runs of the same arm)")  # to the minute from an hour on
 
 
 # ----------------------------------------------------------------------------- --seeds

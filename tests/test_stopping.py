@@ -11,11 +11,12 @@ import torch
 from conftest import run_main
 
 from mnistcnn import models
-from mnistcnn.base import errors
 from mnistcnn.base.config import compose_config, validate
 from mnistcnn.base.errors import UserError
 from mnistcnn.data import dataset
-from mnistcnn.training import engine, setup
+from mnistcnn.training import engine, factories
+from mnistcnn.training.cuda_graph_policy import plan_graph
+from mnistcnn.training.device import seed_everything
 from mnistcnn.training.stopping import EarlyStopping
 
 
@@ -25,7 +26,8 @@ def feed(stopper: EarlyStopping, values, key="val/acc", model=None) -> list[int]
     fed = []
     for epoch, value in enumerate(values, 1):
         fed.append(epoch)
-        if stopper.update({"epoch": epoch, key: value, "epoch_time_s": 2.0}, model):
+        stopper.update({"epoch": epoch, key: value, "epoch_time_s": 2.0}, model)
+        if stopper.stopped:
             break
     return fed
 
@@ -102,16 +104,21 @@ def test_val_monitor_without_val_split_is_one_line_before_any_run_folder(tmp_pat
 
 
 # ----------------------------------------------------------------------------- the loop
-def fit(folder, *overrides, on_epoch=None, resume=None, stopper=None):
+def training_of(folder, *overrides, resume=None) -> engine.Training:
     cfg = compose_config([f"data.dir={folder}", "data.val_size=200", "model=tiny",
                           "trainer.epochs=10", *overrides])
-    setup.seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     data = dataset.load(cfg.data, "cpu", cfg.seed)
-    stopper = stopper or EarlyStopping.from_config(cfg.trainer)
-    records = engine.fit(models.build(cfg.model, 10), data, cfg,
-                         on_epoch or (lambda record, training: None), resume=resume,
-                         stopper=stopper)
-    return records, stopper
+    return engine.Training(models.build(cfg.model, 10), data, cfg,
+                           plan_graph(cfg, torch.device("cpu")), resume=resume)
+
+
+def fit(folder, *overrides, resume=None):
+    """(every record of the run, resumed ones too; its early stopping), after fit's epochs."""
+    training = training_of(folder, *overrides, resume=resume)
+    for _ in engine.fit(training):
+        pass
+    return training.records, training.stopper
 
 
 def strip(records):
@@ -126,19 +133,20 @@ NO_IMPROVEMENT = ["trainer.early_stop.min_delta=1"]
 def test_fit_stops_after_patience_epochs_and_resumes_with_the_stopper_state(synthetic_dir,
                                                                             tmp_path):
     overrides = [*NO_IMPROVEMENT, "trainer.early_stop.patience=2", "trainer.keep=best"]
-    full, stopper = fit(synthetic_dir, *overrides)
+    training = training_of(synthetic_dir, *overrides)
+    saved, early_stops = tmp_path / "state.pt", []
+    for end in engine.fit(training):
+        early_stops.append(end.early_stop)
+        if end.record["epoch"] == 2:  # last.pt of a run stopped after epoch 2
+            torch.save(end.state, saved)
+    full, stopper = training.records, training.stopper
     assert [r["epoch"] for r in full] == [1, 2, 3] and stopper.stop_reason == "patience"
     assert stopper.best_epoch == 1
+    assert early_stops == [None, None, stopper.describe()] and "for 2 epochs" in early_stops[2]
+    # trainer.keep=best: after fit the model holds the best epoch's weights, not the last's.
+    for key, value in training.model.state_dict().items():
+        assert torch.equal(value, stopper.best_weights[key]), key
 
-    saved = tmp_path / "state.pt"
-
-    def stop_after_second(record, training):
-        if record["epoch"] == 2:
-            torch.save(training.state(), saved)
-            raise errors.Interrupted(2, 0)
-
-    with pytest.raises(errors.Interrupted):
-        fit(synthetic_dir, *overrides, on_epoch=stop_after_second)
     state = torch.load(saved, weights_only=True)
     resumed, again = fit(synthetic_dir, *overrides, resume=state)
     # Without the saved stopper the resumed run would take epoch 3 as its first and best
@@ -151,12 +159,14 @@ def test_fit_stops_after_patience_epochs_and_resumes_with_the_stopper_state(synt
 def test_a_resumed_run_that_had_stopped_trains_no_more(synthetic_dir, tmp_path):
     overrides = [*NO_IMPROVEMENT, "trainer.early_stop.patience=1"]
     saved = tmp_path / "state.pt"
-    full, _ = fit(synthetic_dir, *overrides,
-                  on_epoch=lambda record, training: torch.save(training.state(), saved))
+    training = training_of(synthetic_dir, *overrides)
+    for end in engine.fit(training):
+        torch.save(end.state, saved)
+    full = training.records
     assert len(full) == 2
-    resumed, stopper = fit(synthetic_dir, *overrides,
-                           resume=torch.load(saved, weights_only=True))
-    assert strip(resumed) == strip(full) and stopper.stopped
+    resumed = training_of(synthetic_dir, *overrides, resume=torch.load(saved, weights_only=True))
+    assert list(engine.fit(resumed)) == []
+    assert strip(resumed.records) == strip(full) and resumed.stopper.stopped
 
 
 def test_target_stops_the_loop_at_the_epoch_that_reached_it(synthetic_dir):
@@ -170,15 +180,15 @@ def test_target_stops_the_loop_at_the_epoch_that_reached_it(synthetic_dir):
 # ----------------------------------------------------------------------------- plateau
 def test_plateau_schedule_reduces_the_rate_after_patience_flat_epochs():
     cfg = compose_config(["sched=plateau", "sched.factor=0.5", "sched.patience=1"])
-    opt = setup.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
-    sched, unit = setup.make_scheduler(opt, cfg.sched, 10, 5)
-    assert unit == "plateau"
+    opt = factories.make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
     stopper = EarlyStopping("val/acc")
+    schedule = factories.make_schedule(opt, cfg.sched, 10, 5, stopper.score)
     seen = []
     for acc in [0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7]:
         seen.append(opt.param_groups[0]["lr"])
         opt.step()
-        sched.step(stopper.score({"val/acc": acc}))
+        schedule.after_batch()  # plateau steps only after an epoch
+        schedule.after_epoch({"val/acc": acc})
     # Flat at the 3rd value (1 epoch: patience) and reduced after the 4th, then again.
     assert seen == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4])
     assert opt.param_groups[0]["lr"] == pytest.approx(2.5e-4)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli, run_main
 
+from mnistcnn.base import run_reader
 from mnistcnn.base.config import CONF_DIR
 from mnistcnn.base.errors import UserError
 from mnistcnn.reporting import comparison
@@ -87,7 +88,7 @@ def make_run(folder: Path, seed: int, test_acc: float | None, classes=None, stud
 
 
 def rows_of(folder: Path):
-    return comparison.build(comparison.load_runs([folder])).rows
+    return comparison.build(run_reader.load_runs([folder])).rows
 
 
 # ----------------------------------------------------------------------------- the writer

@@ -11,13 +11,13 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_main
 from omegaconf import OmegaConf
 
 from mnistcnn.__main__ import main
 from mnistcnn.base.config import compose_config
 from mnistcnn.base.errors import UserError
-from mnistcnn.studies.sweeps import precheck
+from mnistcnn.runs.preflight import check_overrides
 
 # docs/sweeps-and-studies.md's list of what a multirun writes into its sweep folder.
 OUTPUT_FILES = ["comparison.md", "comparison.csv", "comparison.html", "curves_acc.png",
@@ -28,18 +28,19 @@ FAST = ["model=classic", "data.val_size=200", "data.limit=500", "trainer.epochs=
 # One torch thread per process: the cores are shared (parallel launchers, other tests), and
 # an oversubscribed thread pool spins, making a one-second job take ten.
 ENV = {"OMP_NUM_THREADS": "1"}
-# Runs the CLI with one simulated bug: a job with seed 2 raises RuntimeError mid-run.
+# Runs the CLI with one simulated bug: a job with seed 2 raises RuntimeError mid-run, as
+# its data loads (its config passes every check).
 BUGGY_CLI = """
 import sys
-from mnistcnn.runs import lifecycle
+from mnistcnn.data import dataset
 from mnistcnn.__main__ import main
 
-checked = lifecycle.validate
-def validate(cfg):
-    if cfg.seed == 2:
+loaded = dataset.load
+def load(data, device, seed, *args, **kwargs):
+    if seed == 2:
         raise RuntimeError("simulated bug in job with seed 2")
-    checked(cfg)
-lifecycle.validate = validate
+    return loaded(data, device, seed, *args, **kwargs)
+dataset.load = load
 main(sys.argv[1:])
 """
 
@@ -193,7 +194,8 @@ def test_optuna_sweeper_maximises_validation_accuracy(synthetic_dir, tmp_path):
 def test_optuna_refuses_to_minimise_accuracy():
     needs_plugin("hydra_optuna_sweeper")
     with pytest.raises(UserError, match="hydra.sweeper.direction=maximize"):
-        precheck(["hydra/sweeper=optuna", "optim.lr=interval(0.0005,0.005)"], multirun=True)
+        check_overrides(["hydra/sweeper=optuna", "optim.lr=interval(0.0005,0.005)"],
+                        multirun=True)
 
 
 def test_submitit_slurm_settings_compose():
@@ -204,3 +206,16 @@ def test_submitit_slurm_settings_compose():
     launcher = cfg.hydra.launcher
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1
     assert launcher._target_.endswith("SlurmLauncher")
+
+
+def test_a_value_with_a_slash_names_a_flat_job_folder(synthetic_dir, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_main("train", "-m", f"data.dir={synthetic_dir}", *FAST,
+                      "trainer.early_stop.monitor=val/loss,val/acc",
+                      f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    assert [p.name.split(",")[-2:] for p in jobs] == [
+        ["trainer.early_stop.monitor=val-loss", "trainer.epochs=1"],
+        ["trainer.early_stop.monitor=val-acc", "trainer.epochs=1"]]
+    assert all((p / "summary.json").is_file() for p in jobs)

@@ -1,5 +1,5 @@
-"""The commands. Each is thin: parse, then hand over (run.py, evaluation.py, sweeps.py,
-studies.py, compare.py, models)."""
+"""The commands. Each is thin: parse, then hand over (runs/preflight, runs/lifecycle,
+runs/evaluation, studies/command, reporting/comparison, models)."""
 
 from __future__ import annotations
 
@@ -18,18 +18,19 @@ from omegaconf import DictConfig
 from mnistcnn import models
 from mnistcnn.base.config import CONF_DIR, choice, compose_config, register_configs
 from mnistcnn.base.errors import UserError, exit_with
+from mnistcnn.base.formats import amount, pct
+from mnistcnn.base.run_reader import load_runs
 from mnistcnn.data import digits
 from mnistcnn.reporting import plots
 from mnistcnn.reporting.comparison import build as build_comparison
-from mnistcnn.reporting.comparison import console_text, default_out_dir, load_runs
+from mnistcnn.reporting.comparison import console_text, default_out_dir
 from mnistcnn.reporting.comparison import write as write_comparison
-from mnistcnn.reporting.markup import amount, pct
-from mnistcnn.runs import jobs, rerun
+from mnistcnn.runs import job_share, rerun
 from mnistcnn.runs.console import console_logging
 from mnistcnn.runs.evaluation import classify, evaluate_run, open_run, write_image_predictions
 from mnistcnn.runs.lifecycle import resume_run, train_run
-from mnistcnn.studies.sweeps import check_config, precheck
-from mnistcnn.training.setup import resolve_device
+from mnistcnn.runs.preflight import check_config, check_overrides
+from mnistcnn.training.device import resolve_device
 
 log = logging.getLogger("mnistcnn")
 register_configs()
@@ -40,7 +41,7 @@ DEVICES = ("auto", "cpu", "cuda")  # evaluate's and predict's device=
 def train(cfg: DictConfig) -> float | None:
     """Train one run; in a multirun a failed job is recorded and the sweep goes on."""
     hc = HydraConfig.get()
-    jobs.take_share(hc, on_gpu=choice(cfg.trainer.device) != "cpu")
+    job_share.take_share(hc, on_gpu=choice(cfg.trainer.device) != "cpu")
     try:
         summary = train_run(cfg, hc.runtime.output_dir)
     except UserError as e:
@@ -195,7 +196,7 @@ def run_train(args: list[str]) -> None:
         resume_run(resume_dir)
         return
     if not informational:
-        precheck(parsed.overrides, parsed.multirun)
+        check_overrides(parsed.overrides, parsed.multirun)
     sys.argv = [sys.argv[0], *args]
     train()
 

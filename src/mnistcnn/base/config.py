@@ -336,21 +336,23 @@ class TrainerConfig:
     # the studies report) or those of the best epoch by early_stop.monitor.
     keep: Keep = Keep.last
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
-    # Replay each full-size training step as one CUDA graph (graphed.py): auto = on when
+    # Replay each full-size training step as one CUDA graph (training/cuda_graph.py): auto = on when
     # training on CUDA and the configuration allows it; true = the same, but a
     # configuration that cannot be graphed is an error; false = always the eager loop.
     # A string, not an Enum, because YAML and overrides turn true/false into booleans.
     cuda_graph: str = "auto"
 
 
-# The run report's figures, the values report.plots takes (file stems under plots/).
+# The run report's figures, the values report.plots takes (file stems under plots/): the one
+# list of their names. reporting/run_figures.FIGURES pairs each with its maker (base cannot
+# import it), in this order; tests/test_report.py checks that the two name the same plots.
 REPORT_PLOTS = ("loss", "accuracy", "confusion", "errors", "correct", "filters_first",
                 "filters_last", "feature_maps", "embedding")
 
 
 @dataclass
 class ReportConfig:
-    """What the run report draws; plots.FIGURES draws each of REPORT_PLOTS."""
+    """What the run report draws; run_figures.FIGURES draws each of REPORT_PLOTS."""
 
     enabled: bool = True
     plots: list[str] | None = None  # null = every plot; else a subset of plot names
@@ -401,8 +403,16 @@ class Config:
     study: StudyConfig | None = None
 
 
+def folder_name(overrides: str) -> str:
+    """A sweep job's folder name from its overrides: a `/` in a value (val/loss,
+    sqlite:///dir/m.db) would make nested folders, so it becomes `-`."""
+    return overrides.replace("/", "-")
+
+
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore; group YAMLs extend them via `/schema/...`."""
+    """Put the schemas in Hydra's ConfigStore; group YAMLs extend them via `/schema/...`;
+    `${folder_name:...}` for the sweep's job folders (conf/config.yaml)."""
+    OmegaConf.register_new_resolver("folder_name", folder_name, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="schema/data", name="data", node=DataConfig)

@@ -10,10 +10,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-# Where the data lives, where it runs, how a run is reported, resumed or logged, what a study
-# asks: two runs that differ only in these ran the same experiment (one comparison row).
+# Where the data lives, where it runs, how a run is reported, resumed, rerun or logged, what a
+# study asks: two runs that differ only in these ran the same experiment (one comparison row,
+# one arm of a book). Each entry is a key or a group with every key under it (`logger` covers
+# logger=mlflow and logger.tracking_uri): `key.startswith(NOT_SETTINGS)`. Job folder names
+# leave out the same keys: conf/config.yaml's exclude_keys lists each key under these, as
+# Hydra matches whole keys, and tests/test_config.py keeps the two lists equal.
 NOT_SETTINGS = ("data.dir", "trainer.device", "trainer.cuda_graph", "trainer.eval_batch_size",
-                "report.", "resume", "logger.", "study.")
+                "report", "resume", "rerun", "logger", "study")
 
 
 def preset_choices(path: Path, config: dict) -> dict:
@@ -43,6 +47,11 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def settings(config: dict) -> dict:
+    """A plain config's flat keys that change what is trained: {"optim.lr": 0.001, ...}."""
+    return {k: v for k, v in flatten(config).items() if not k.startswith(NOT_SETTINGS)}
+
+
 def show_value(value) -> str:
     """A config value as one would write it in an override: true, null, [32,16], {0:[0,6]}."""
     if isinstance(value, bool):
@@ -54,3 +63,10 @@ def show_value(value) -> str:
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{show_value(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+def short_key(key: str) -> str:
+    """A key as a label or a legend says it: its last part (`model.pool` -> `pool`), the
+    group for a group's choice (`model.name` -> `model`)."""
+    parts = key.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]

@@ -1,22 +1,26 @@
-"""The exceptions: UserError, the one type for mistakes a user can make (config, data,
-paths), which `__main__` prints as a single line with exit code 2 (anything else is a
-programming error and keeps its traceback); and the two ways training ends early,
-Diverged and Interrupted, which the run records in its summary.
+"""The exceptions and exit codes: UserError, the one type for mistakes a user can make
+(config, data, paths), which `__main__` prints as a single line with exit code 2 (anything
+else is a programming error and keeps its traceback); exit code 1 for a command that ran to
+its end with runs that did not complete; and the two ways training ends early, Diverged and
+Interrupted, which the run records in its summary.
 """
 
 import signal
+import sys
+
+USER_ERROR_EXIT = 2  # the command could not start (config, data, paths): nothing ran
+FAILED_RUNS_EXIT = 1  # a sweep or a book ran to its end, but some of its runs did not complete
 
 
 class UserError(Exception):
     """A problem the user can fix; the message says what is wrong and how to fix it."""
 
 
-def exit_with(message: str) -> None:
-    """Print one error line and exit with code 2 (SystemExit passes through Hydra untouched)."""
-    import sys
-
+def exit_with(message: str, code: int = USER_ERROR_EXIT) -> None:
+    """Print one error line and exit with code. SystemExit passes through Hydra untouched:
+    its callback handler catches only Exception, and hydra.main lets it through."""
     print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
 
 
 def yaml_problem(error: Exception) -> str:

@@ -1,6 +1,8 @@
 """What code a run ran: the package version, the git commit of the working tree the package
 is imported from (when it lives in one) and whether that tree had uncommitted changes, and
-the versions of Python and the libraries that decide the numbers.
+the versions of Python and the libraries that decide the numbers; and, for a dated
+measurement (the studies book, the benchmark), the machine it names and the command it
+records.
 
 Recorded in every summary.json, so a run folder from last month can say whether today's
 code would give the same numbers; `train rerun=RUN_DIR` compares it with the code of now.
@@ -8,8 +10,11 @@ code would give the same numbers; `train rerun=RUN_DIR` compares it with the cod
 
 from __future__ import annotations
 
+import os
 import platform
+import shlex
 import subprocess
+from collections.abc import Sequence
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -82,3 +87,38 @@ def differences(recorded: dict) -> list[str]:
     if now["git_dirty"]:
         changed.append("the tree has uncommitted changes now")
     return changed
+
+
+# ----------------------------------------------------------------------------- measurements
+def cpu_model() -> str:
+    """The CPU as its maker names it (/proc/cpuinfo's model name on Linux), else what
+    platform knows of it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """The machine a measurement names, in one line: CPU model, cores and system (never a
+    host name)."""
+    return f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def recorded_command(program: Sequence[str], args: Sequence[str],
+                     path_options: Sequence[str]) -> str:
+    """A command as a result records it: the value of each path option (`--out DIR` or
+    `--out=DIR`) relative to where it ran, so a result never carries the machine's own
+    folders."""
+    typed = []
+    for i, arg in enumerate(args):
+        option, eq, value = arg.partition("=")
+        if eq and option in path_options and value:
+            arg = f"{option}={os.path.relpath(value)}"
+        elif i and args[i - 1] in path_options and arg:
+            arg = os.path.relpath(arg)
+        typed.append(arg)
+    return shlex.join([*program, *typed])

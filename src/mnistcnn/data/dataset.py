@@ -231,7 +231,7 @@ def load(data_cfg: Any, device: torch.device | str = "cpu", seed: int = 0) -> Da
 def prepare(images: torch.Tensor, mean: float, std: float,
             aug: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """uint8 [B,1,H,W] -> float in [0,1] -> augmented (training only) -> standardised,
-    in channels_last layout like the models (see training_setup.place_model). `aug` holds each
+    in channels_last layout like the models (see training/device.place_model). `aug` holds each
     image's augmentation parameters (a slice of an EpochDraw's)."""
     x = images.float().mul_(1 / 255)
     if aug:

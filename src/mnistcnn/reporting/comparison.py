@@ -1,9 +1,10 @@
-"""Comparison of runs: run folders -> comparison tables (md/csv/html) and figures.
+"""Comparison of runs: finished runs (base/run_reader.py) -> comparison tables
+(md/csv/html) and figures.
 
-This is the sweep-level counterpart of report.py. It lives in its own module
-because report.py is the report of one run; a comparison reads many finished
+This is the sweep-level counterpart of run_report.py. It lives in its own module
+because run_report.py is the report of one run; a comparison reads many finished
 run folders and nothing else, so it can be rebuilt at any time (`compare`) and
-is written by the multirun callback in sweep.py.
+is written by the multirun callback in studies/sweeps.py.
 
 Rows are configurations, not runs: runs whose resolved configs differ only in
 `seed` are pooled, and each number is shown as mean ± sample standard deviation
@@ -16,23 +17,21 @@ taken into the studies book; its figures are drawn by plots.py.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
 
 from mnistcnn.base import run_folder
-from mnistcnn.base.config_keys import NOT_SETTINGS, flatten, preset_choices, show_value
-from mnistcnn.base.errors import UserError
+from mnistcnn.base.config_keys import NOT_SETTINGS, short_key, show_value
+from mnistcnn.base.formats import ABSENT, amount, mean_std  # ABSENT: a key or metric a run lacks
+from mnistcnn.base.run_reader import CONFIG_FILE, Run
 from mnistcnn.reporting import markup, plots
-from mnistcnn.reporting.markup import ABSENT, Block, mean_std  # ABSENT: a key or metric a run lacks
+from mnistcnn.reporting.markup import Block
 from mnistcnn.reporting.metrics import Stat, pooled
 
-CONFIG_FILE = Path(".hydra") / "config.yaml"
 # The summary numbers of the main table: (summary.json key, header, how to show it).
 TABLE_METRICS = [
     ("final/train/acc", "train acc (%)", "acc"),
@@ -46,70 +45,6 @@ EPOCH_METRICS = [("train/acc", "train acc (%)", "acc"), ("train/loss", "train lo
                  ("val/acc", "val acc (%)", "acc"), ("val/loss", "val loss", "loss")]
 OUTPUT_FILES = ["comparison.md", "comparison.csv", "comparison.html", "curves_loss.png",
                 "curves_acc.png", "test_acc.png"]
-
-
-# ----------------------------------------------------------------------------- reading
-@dataclass
-class Run:
-    path: Path
-    config: dict  # flattened resolved config: {"model.batchnorm": True, ...}
-    summary: dict
-    metrics: list[dict]
-
-    @property
-    def status(self) -> str:
-        return self.summary.get("status", "unknown")
-
-    @property
-    def seed(self):
-        return self.config.get("seed")
-
-
-def wall_seconds(summary: dict) -> float | None:
-    """A run's wall time from its summary.json (started to finished); None when either is
-    missing or unreadable (a run that never ended)."""
-    try:
-        return (datetime.fromisoformat(summary["finished"])
-                - datetime.fromisoformat(summary["started"])).total_seconds()
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run folders (those with .hydra/config.yaml) at or below each path, in job order."""
-    found = []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise UserError(f"{path} does not exist; pass run or sweep folders written by "
-                            f"`train` (outputs/runs/..., outputs/sweeps/...)")
-        runs = [path] if (path / CONFIG_FILE).is_file() else sorted(
-            (c.parent.parent for c in path.rglob("config.yaml")
-             if c.parent.name == ".hydra" and c.parent.parent != path), key=_job_order)
-        if not runs:
-            raise UserError(f"{path} holds no run folders (folders with {CONFIG_FILE}); "
-                            f"pass run or sweep folders written by `train`")
-        found += [r for r in runs if r not in found]
-    return found
-
-
-def _job_order(path: Path) -> tuple:
-    """Hydra names job folders NUM_overrides: sort 2_ before 10_."""
-    m = re.match(r"(\d+)_", path.name)
-    return (str(path.parent), int(m.group(1)) if m else -1, path.name)
-
-
-def load_run(path: Path) -> Run:
-    config = OmegaConf.to_container(OmegaConf.load(path / CONFIG_FILE), resolve=True)
-    summary_path, metrics_path = path / "summary.json", path / "metrics.jsonl"
-    summary = run_folder.read_json(summary_path) if summary_path.is_file() else {
-        "status": "missing",
-        "error": "no summary.json: the job was killed or never reached training"}
-    metrics = run_folder.read_jsonl(metrics_path) if metrics_path.is_file() else []
-    return Run(path, {**preset_choices(path, config), **flatten(config)}, summary, metrics)
-
-
-def load_runs(paths: Iterable[str | Path]) -> list[Run]:
-    return [load_run(p) for p in find_runs(paths)]
 
 
 # ----------------------------------------------------------------------------- columns
@@ -147,13 +82,9 @@ def _follows(configs: Sequence[dict], key: str, choice: str) -> bool:
 
 
 def short_names(columns: Sequence[str]) -> dict[str, str]:
-    """Legend names: the last part of each key (`model.name` -> `model`), the full key
-    where two columns would share a name."""
-    def short(key: str) -> str:
-        parts = key.split(".")
-        return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
-
-    names = [short(k) for k in columns]
+    """Legend names: each key shortened (`model.name` -> `model`), the full key where two
+    columns would share a name."""
+    names = [short_key(k) for k in columns]
     return {k: n if names.count(n) == 1 else k for k, n in zip(columns, names, strict=True)}
 
 
@@ -230,14 +161,14 @@ def gap_note(rows: Sequence[Row]) -> str | None:
     if len(ranked) < 2:
         return None
     (best, a), (second, b) = ranked[:2]
-    gap = markup.amount(a.mean - b.mean, "acc")
+    gap = amount(a.mean - b.mean, "acc")
     if a.std is None or b.std is None:
         return (f"The best ({best.label}) leads the runner-up ({second.label}) by {gap} "
                 f"points of test accuracy from single runs: repeat the sweep with seed=0,1,2 "
                 f"before drawing a conclusion.")
     return (f"The best ({best.label}) leads the runner-up ({second.label}) by {gap} points "
-            f"of test accuracy (std over seeds ± {markup.amount(a.std, 'acc')} and "
-            f"± {markup.amount(b.std, 'acc')}). This table tests nothing; for a verdict, ask it "
+            f"of test accuracy (std over seeds ± {amount(a.std, 'acc')} and "
+            f"± {amount(b.std, 'acc')}). This table tests nothing; for a verdict, ask it "
             f"as a question of a study (docs/studies-guide.md).")
 
 
@@ -339,7 +270,7 @@ def runs_table(comp: Comparison, out_dir: Path) -> tuple[list[str], list[list[st
     label = {id(run): row.label for row in comp.rows for run in row.runs}
     return (["run", "configuration", "seed", "status", "test acc (%)"],
             [[_where(r.path, out_dir), label[id(r)], str(r.seed), r.status,
-              markup.amount(r.summary.get("test/acc"), "acc")]
+              amount(r.summary.get("test/acc"), "acc")]
              for r in comp.runs])
 
 

@@ -1,64 +1,27 @@
-"""The one writer of documents for people: the run report (report.py), the comparison
-(compare.py) and the studies book (book.py) are each a list of blocks built once, and
-rendered here to Markdown and to self-contained HTML.
+"""The one writer of documents for people: the run report (run_report.py), the comparison
+(comparison.py) and the studies book (studies/book.py) are each a list of blocks built
+once, and rendered here to Markdown and to self-contained HTML.
 
 A block (Heading, Paragraph, Bullets, Table, Cards, Code, Image, Figures, Section) knows
 its two renderings; `markdown(blocks)` and `html(blocks)` join them, `page(title,
 blocks)` wraps the HTML in one file (style inline, figures embedded as base64 PNG,
 nothing fetched). Prose is written once, in Markdown's inline syntax: `code` and
-**bold** spans become <code> and <b> in HTML. Numbers are formatted the one way each
-kind is shown (KINDS): accuracies as percents with two decimals, losses with four, times
-with one; a mean over seeds with its ± std. Figures arrive as PNG bytes drawn by plots.py.
+**bold** spans become <code> and <b> in HTML. The numbers in blocks arrive written by
+base/formats.py; figures arrive as PNG bytes drawn by plots.py.
 """
 
 from __future__ import annotations
 
 import base64
 import html as html_lib
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from mnistcnn.reporting.metrics import Stat
-
-ABSENT = "—"  # a value that is missing or undefined
-# How each kind of number is shown: (scale, decimals). An accuracy is a fraction in files
-# and a percent for people.
-KINDS = {"acc": (100, 2), "loss": (1, 4), "time": (1, 1)}
+from typing import Any
 
 
-# ----------------------------------------------------------------------------- numbers
-def amount(x: float | None, kind: str) -> str:
-    """One value of a kind in KINDS, without unit: acc 0.975 -> 97.50, loss -> 0.1234."""
-    if x is None or math.isnan(x):
-        return ABSENT
-    scale, digits = KINDS[kind]
-    return f"{scale * x:.{digits}f}"
-
-
-def pct(x: float | None, decimals: int = 2) -> str:
-    """A fraction as a percent: 0.9912 -> 99.12% (decimals=1: a confidence, 99.1%)."""
-    return ABSENT if x is None or math.isnan(x) else f"{100 * x:.{decimals}f}%"
-
-
-def number(x: float | None) -> str:
-    """A number of unknown range with four significant digits."""
-    return ABSENT if x is None or math.isnan(x) else f"{x:.4g}"
-
-
-def mean_std(stat: Stat | None, kind: str) -> str:
-    """A value pooled over seeds as `mean ± std` of a kind in KINDS (97.50 ± 0.71); a
-    single run (std None) without the ±."""
-    if stat is None:
-        return ABSENT
-    text = amount(stat.mean, kind)
-    return text if stat.std is None else f"{text} ± {amount(stat.std, kind)}"
-
-
+# ----------------------------------------------------------------------------- text
 def esc(text: Any) -> str:
     return html_lib.escape(str(text))
 

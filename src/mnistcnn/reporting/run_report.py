@@ -4,8 +4,8 @@ classification.csv, plots/, report.html).
 `write_run_files` is the one entry point, called by `train` once model.pt is saved
 and by `evaluate` once the test set is predicted again. Every number comes from
 the run folder (predictions.csv, metrics.jsonl, the summary) and every picture
-from the trained model and the test images (plots.FIGURES draws them), so an old run
-can be re-reported. The page is a list of pages.py blocks. A figure that does not
+from the trained model and the test images (run_figures.FIGURES draws them), so an old run
+can be re-reported. The page is a list of markup.py blocks. A figure that does not
 apply to a run (no conv layer, no validation split, no misclassified digit, ...) is
 skipped with a note in the report, never an error.
 """
@@ -23,10 +23,10 @@ from torch import nn
 from mnistcnn import models
 from mnistcnn.base import run_folder
 from mnistcnn.base.config import MODEL_SCHEMAS, choice, report_settings, to_plain
+from mnistcnn.base.formats import ABSENT, number, pct
 from mnistcnn.data.dataset import Data
 from mnistcnn.reporting import metrics, plots
 from mnistcnn.reporting.markup import (
-    ABSENT,
     Block,
     Cards,
     Code,
@@ -36,11 +36,10 @@ from mnistcnn.reporting.markup import (
     Paragraph,
     Section,
     Table,
-    number,
     page,
-    pct,
 )
-from mnistcnn.reporting.plots import FIGURES, Predictions, RunView, Skipped
+from mnistcnn.reporting.predictions import read_predictions
+from mnistcnn.reporting.run_figures import FIGURES, RunView, Skipped
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -89,16 +88,10 @@ def run_label(cfg: DictConfig) -> str:
 
 
 # ----------------------------------------------------------------------------- run files
-def read_predictions(path: Path) -> Predictions:
-    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    return Predictions(labels=table[:, 1].astype(int), preds=table[:, 2].astype(int),
-                       confidence=table[:, 3])
-
-
 def write_confusion_csv(path: Path, cm: np.ndarray, class_names: Sequence[str]) -> None:
     """Counts with true classes on rows and predicted classes on columns."""
     run_folder.write_csv(path, ["true\\pred", *class_names],
-                    ([name, *row] for name, row in zip(class_names, cm.tolist(), strict=True)))
+                         ([name, *row] for name, row in zip(class_names, cm.tolist(), strict=True)))
 
 
 def write_classification_csv(path: Path, rows: list[dict]) -> None:

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mnistcnn.reporting.markup import amount, pct
+from mnistcnn.base.formats import amount, pct
 
 log = logging.getLogger(__name__)
 

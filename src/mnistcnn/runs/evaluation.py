@@ -1,6 +1,6 @@
 """What a finished run's model.pt does after training: `evaluate` (the test set again, with
-its predictions, report and evaluation.json) and `predict` (a person's digit images), and
-the predictions files both write.
+its predictions, report and evaluation.json) and `predict` (a person's digit images, and
+the CSV of their predictions).
 """
 
 from __future__ import annotations
@@ -15,18 +15,12 @@ from omegaconf import DictConfig
 from mnistcnn.base import run_folder
 from mnistcnn.data import dataset
 from mnistcnn.reporting import run_report
+from mnistcnn.reporting.predictions import write_predictions
 from mnistcnn.runs.console import log_class_findings
 from mnistcnn.training.checkpoints import load_run_model
+from mnistcnn.training.device import resolve_device
 from mnistcnn.training.engine import evaluate, predict
-from mnistcnn.training.setup import make_loss, resolve_device
-
-
-def write_predictions(path: Path, labels: torch.Tensor, logits: torch.Tensor) -> None:
-    probs = torch.softmax(logits.float(), dim=1)
-    conf, pred = probs.max(dim=1)
-    rows = zip(labels.tolist(), pred.tolist(), conf.tolist(), strict=True)
-    run_folder.write_csv(path, ["index", "label", "pred", "confidence"],
-                    ([i, y, p, f"{c:.6f}"] for i, (y, p, c) in enumerate(rows)))
+from mnistcnn.training.factories import make_loss
 
 
 def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
@@ -95,7 +89,7 @@ def classify(run: RunModel, paths: list[Path], images: np.ndarray) -> list[dict]
 def write_image_predictions(path: Path, rows: list[dict]) -> None:
     """`predict --out`: one CSV row per image with its top 3 classes."""
     run_folder.write_csv(path, ["file", "pred", "confidence", "top2", "top2_confidence", "top3",
-                           "top3_confidence"],
-                    ([row["file"], row["pred"], f"{row['confidence']:.6f}",
-                      *(x for name, p in row["top"][1:] for x in (name, f"{p:.6f}"))]
-                     for row in rows))
+                                "top3_confidence"],
+                         ([row["file"], row["pred"], f"{row['confidence']:.6f}",
+                           *(x for name, p in row["top"][1:] for x in (name, f"{p:.6f}"))]
+                          for row in rows))

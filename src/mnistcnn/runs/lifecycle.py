@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,15 +20,16 @@ from torch import nn
 
 from mnistcnn import models
 from mnistcnn.base import provenance, run_folder
-from mnistcnn.base.config import choice, read_saved_config, saved_config, validate
+from mnistcnn.base.config import read_saved_config, saved_config
 from mnistcnn.base.errors import Diverged, Interrupted, UserError
+from mnistcnn.base.formats import amount, pct
 from mnistcnn.base.signals import StopOnSignal
 from mnistcnn.data import dataset
 from mnistcnn.reporting import run_report
-from mnistcnn.reporting.markup import amount, pct
+from mnistcnn.reporting.predictions import write_predictions
 from mnistcnn.runs.console import format_epoch, log_class_findings
-from mnistcnn.runs.evaluation import write_predictions
-from mnistcnn.tracking import mlflow_tracker, tensorboard_tracker
+from mnistcnn.runs.preflight import check_run
+from mnistcnn.tracking.trackers import Trackers, open_trackers
 from mnistcnn.training.checkpoints import (
     load_training_state,
     run_identity,
@@ -35,15 +37,9 @@ from mnistcnn.training.checkpoints import (
     save_checkpoint,
 )
 from mnistcnn.training.cuda_graph import describe_path
-from mnistcnn.training.engine import evaluate, fit
-from mnistcnn.training.setup import (
-    graph_off_reason,
-    make_loss,
-    place_model,
-    resolve_device,
-    seed_everything,
-)
-from mnistcnn.training.stopping import EarlyStopping
+from mnistcnn.training.cuda_graph_policy import GraphPlan, plan_graph
+from mnistcnn.training.device import place_model, resolve_device, seed_everything
+from mnistcnn.training.engine import Training, evaluate, fit
 
 log = logging.getLogger(__name__)
 
@@ -85,33 +81,33 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
             return previous
     summary = {"status": "running", "model": cfg.model.name, "seed": cfg.seed,
                "started": run_folder.utc_now(), **provenance.record()}
-    ml = None
+    trackers = None
     try:
-        device = start(cfg, folder, summary)
-        ml = mlflow_tracker.open_log(cfg, folder.path)
+        device, plan = start(cfg, folder, summary)
+        trackers = open_trackers(cfg, folder.path)
         data, model = prepare(cfg, device, summary)
-        records, stopper, tb = train(cfg, folder, data, model, summary, ml)
-        finish(cfg, folder, data, model, records, stopper, tb, summary)
-        mlflow_tracker.close(ml, summary)
+        training = train(cfg, folder, data, model, plan, summary, trackers)
+        finish(cfg, folder, data, training, summary)
+        trackers.finish(summary)
         return summary
     except BaseException as e:
         record_end(e, folder, summary)
-        mlflow_tracker.close(ml, summary)
+        if trackers is not None:
+            trackers.close(summary)
         if isinstance(e, Diverged):
             raise UserError(str(e)) from e
         raise
 
 
 def start(cfg: DictConfig, folder: RunFolder, summary: dict):
-    """Every check that needs no data, then the first summary.json; returns the device."""
-    validate(cfg)
-    tensorboard_tracker.check_available(cfg)
-    mlflow_tracker.check_available(cfg)
+    """Every check that needs no data, then the first summary.json; returns the device and
+    the run's graph-or-eager plan (trainer.cuda_graph=true that cannot be fails here)."""
+    check_run(cfg)
     device = resolve_device(cfg.trainer.device)
-    graph_off_reason(cfg, device)  # trainer.cuda_graph=true that cannot be: fail before data
+    plan = plan_graph(cfg, device)
     summary["device"] = str(device)
     run_folder.write_json(folder.summary, summary)
-    return device
+    return device, plan
 
 
 def prepare(cfg: DictConfig, device, summary: dict) -> tuple[dataset.Data, nn.Module]:
@@ -129,10 +125,10 @@ def prepare(cfg: DictConfig, device, summary: dict) -> tuple[dataset.Data, nn.Mo
 
 
 def train(cfg: DictConfig, folder: RunFolder, data: dataset.Data, model: nn.Module,
-          summary: dict, ml
-          ) -> tuple[list[dict], EarlyStopping, tensorboard_tracker.TensorBoardLog | None]:
+          plan: GraphPlan, summary: dict, trackers: Trackers) -> Training:
     """fit, continuing from last.pt when resuming; every epoch is appended to metrics.jsonl,
-    saved in last.pt, logged and sent to the trackers as it ends."""
+    saved in last.pt, sent to the trackers and logged as it ends. Returns the Training (its
+    records and early stopping; the model holds the weights the run keeps)."""
     state = load_training_state(folder.last) if cfg.get("resume") else None
     done = (state or {}).get("records", [])
     # metrics.jsonl restarts from what last.pt knows: an epoch appended after the
@@ -140,53 +136,45 @@ def train(cfg: DictConfig, folder: RunFolder, data: dataset.Data, model: nn.Modu
     run_folder.write_text(folder.metrics, "".join(json.dumps(r) + "\n" for r in done))
     if state:
         log.info("resuming %s after epoch %d", folder.shown, state["epoch"])
-    stopper = EarlyStopping.from_config(cfg.trainer)
-    tb = tensorboard_tracker.open_log(cfg, folder.path, first_epoch=len(done) + 1)
-
-    def on_epoch(record: dict, training) -> None:
-        summary.update(training.path())
-        run_folder.append_jsonl(folder.metrics, record)
-        run_folder.save_torch(folder.last, {**training.state(), **run_identity(cfg, data)})
-        for tracker in (tb, ml):
-            if tracker is not None:
-                tracker.epoch(record)
-        log.info(format_epoch(record, cfg.trainer.epochs))
-        if stopper.stopped:
-            log.info(stopper.describe())
-
+    trackers.start_training(first_epoch=len(done) + 1)
     t0 = time.perf_counter()
+    training = Training(model, data, cfg, plan, resume=state)
     with StopOnSignal() as stop:
         try:
-            records = fit(model, data, cfg, on_epoch, resume=state, stop=stop, stopper=stopper)
+            with closing(fit(training, stop)) as epochs:
+                for epoch in epochs:
+                    summary.update(epoch.train_path)
+                    run_folder.append_jsonl(folder.metrics, epoch.record)
+                    run_folder.save_torch(folder.last, {**epoch.state, **run_identity(cfg, data)})
+                    trackers.epoch(epoch.record)
+                    log.info(format_epoch(epoch.record, cfg.trainer.epochs))
+                    if epoch.early_stop:
+                        log.info(epoch.early_stop)
         except Interrupted as e:
             e.signum = stop.signum or e.signum
             raise
     summary["train_time_s"] = round(time.perf_counter() - t0, 3)
-    return records, stopper, tb
+    return training
 
 
-def finish(cfg: DictConfig, folder: RunFolder, data: dataset.Data, model: nn.Module,
-           records: list[dict], stopper: EarlyStopping, tb, summary: dict) -> None:
+def finish(cfg: DictConfig, folder: RunFolder, data: dataset.Data, training: Training,
+           summary: dict) -> None:
     """The kept weights on the test set, predictions.csv, model.pt, the report and the
     completed summary.json; last.pt goes."""
-    if choice(cfg.trainer.keep) == "best":
-        model.load_state_dict(stopper.best_weights)
-    test_loss, test_acc, logits = evaluate(model, data.test, data,
-                                           make_loss(cfg.loss, data.num_classes),
+    model, records = training.model, training.records
+    test_loss, test_acc, logits = evaluate(model, data.test, data, training.loss_fn,
                                            cfg.trainer.eval_batch_size, cfg.trainer.precision)
     write_predictions(folder.path / "predictions.csv", data.test.labels, logits)
     save_checkpoint(folder.path / "model.pt", model, cfg, data)
     summary.update({f"final/{k}": v for k, v in records[-1].items()
                     if k in ("train/loss", "train/acc", "val/loss", "val/acc")})
     summary.update({"test/loss": test_loss, "test/acc": test_acc, "epochs": len(records),
-                    **stopper.summary(cfg.trainer.epochs, len(records)),
+                    **training.stopper.summary(cfg.trainer.epochs, len(records)),
                     "status": "completed", "finished": run_folder.utc_now()})
     t0 = time.perf_counter()
     summary.update(run_report.write_run_files(folder.path, cfg, model, data, summary))
     summary["report_time_s"] = round(time.perf_counter() - t0, 3)
     run_folder.write_json(folder.summary, summary)
-    if tb is not None:
-        tb.finish(cfg, summary)
     # model.pt holds the kept weights; the resume state is no longer needed.
     folder.last.unlink(missing_ok=True)
     log.info("test/loss %s  test/acc %s  (%d epochs, %ss training)  -> %s",

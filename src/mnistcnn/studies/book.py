@@ -1,12 +1,13 @@
 """The studies book: the sweep folders of the studies -> STUDIES.md and studies.html.
 
-It sits beside comparison.py and is composed of its sections: each study is a comparison
-(comparison.build over the study's sweep folder) with its title, its questions answered by
-questions.py, its protocol as the runs' own configs record it and the per-class recall of
-every arm. The questions are the study block of the runs' resolved configs (book.json's
-copy for a study that has not run yet). Every number comes from the run folders and from
-book.json (the wall times and the command that `studies` records), so the book can be
-rebuilt at any time from DIR alone, or from the small files of its runs (publish.py).
+It sits above reporting/comparison.py and is composed of its sections: each study is a
+comparison (comparison.build over the runs of the study's sweep folder) with its title,
+its questions answered by questions.py, its protocol as the runs' own configs record it
+and the per-class recall of every arm. The questions are the study block of the runs'
+resolved configs (book.json's copy for a study that has not run yet). Every number comes
+from the run folders and from book.json (the wall times and the command that `studies`
+records), so the book can be rebuilt at any time from DIR alone, or from the small files
+of its runs (publish.py).
 The book is one list of markup.py blocks (`document`), rendered to both files.
 """
 
@@ -19,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnistcnn.base import run_folder
-from mnistcnn.base.config_keys import NOT_SETTINGS, show_value
+from mnistcnn.base.config_keys import NOT_SETTINGS, short_key, show_value
 from mnistcnn.base.errors import UserError
+from mnistcnn.base.formats import ABSENT, duration, mean_std
+from mnistcnn.base.run_reader import Run, load_runs
 from mnistcnn.reporting import comparison, markup, plots
 from mnistcnn.reporting.comparison import Comparison, Row
-from mnistcnn.reporting.markup import ABSENT, Block, Heading, Paragraph, Section, Table, mean_std
+from mnistcnn.reporting.markup import Block, Heading, Paragraph, Section, Table
 from mnistcnn.reporting.metrics import Stat, pooled
 from mnistcnn.studies import questions, study_files
 
@@ -35,7 +38,6 @@ QUICK = "quick=on: 1 epoch and 1,000 training images a run"  # conf/quick/on.yam
 @dataclass
 class Study:
     name: str
-    folder: Path
     comparison: Comparison | None  # None: no run folder yet (the study never started)
     wall_s: float | None
     images: dict[str, bytes]
@@ -68,7 +70,7 @@ def load_study(out_dir: Path, name: str, wall_s: float | None, recorded: dict | 
     anything."""
     folder = out_dir / name
     try:
-        runs = comparison.load_runs([folder])
+        runs = load_runs([folder])
     except UserError:  # no folder, or no run in it yet
         runs = []
     comp = comparison.build(runs) if runs else None
@@ -81,7 +83,7 @@ def load_study(out_dir: Path, name: str, wall_s: float | None, recorded: dict | 
         if a.contrasts:
             images[question_figure(number)] = plots.save_png(folder / question_figure(number),
                                                              effects_figure(a))
-    return Study(name, folder, comp, wall_s, images, block.get("title") or name,
+    return Study(name, comp, wall_s, images, block.get("title") or name,
                  answers, [q.ask for q in asked])
 
 
@@ -95,7 +97,7 @@ def is_question_figure(name: str) -> bool:
 
 def effects_figure(a: questions.Answer):
     """The answer's comparisons with their intervals against zero (and the margin)."""
-    name = questions.short(a.question.factor)
+    name = short_key(a.question.factor)
     rows = [(f"{name}={c.level} − {c.reference}" + (f"\nat {c.at}" if c.at else ""), c.diff,
              c.low, c.high, questions.reading(c, a.question.margin)) for c in a.contrasts]
     return plots.effects(rows, a.question.margin, a.question.procedure == "enough",
@@ -199,7 +201,7 @@ def load(out_dir: str | Path, names: Sequence[str], figures: bool = True) -> Boo
                       for n in names], record)
 
 
-def training_key(run: comparison.Run, seed: bool = True) -> frozenset:
+def training_key(run: Run, seed: bool = True) -> frozenset:
     """What a run trained: its settings but those that change nothing it trained (where it
     ran, how it is reported, what its study asks) and the preset that launched it."""
     return frozenset((k, show_value(v)) for k, v in run.config.items()
@@ -293,12 +295,6 @@ def code_version(summary: dict) -> str:
     return text
 
 
-def duration(seconds: float) -> str:
-    minutes, s = divmod(round(seconds), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 def document(book: Book) -> list[Block]:
     """STUDIES.md and studies.html: the findings, a section per study, the machine."""
     return [Heading("Studies"), *(Paragraph(f"**{n}**") for n in shortened_note(book)),
@@ -320,7 +316,7 @@ def study_blocks(book: Book, s: Study) -> list[Block]:
                              "the same runs twice): " + "; ".join(shared) + "."))
     out += answer_blocks(s)
     out += comparison.blocks(s.comparison, book.out_dir, s.images, level=3,
-                          image_dir=f"{s.name}/", per_epoch=False)
+                             image_dir=f"{s.name}/", per_epoch=False)
     tables, note = per_class_tables(s.comparison)
     out.append(Section("Per-class test recall (%)",
                        [*(Table(*t) for t in tables), Paragraph(note)], level=3))

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -30,14 +28,14 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from mnistcnn.base import run_folder
-from mnistcnn.base.errors import UserError
+from mnistcnn.base import provenance, run_folder
+from mnistcnn.base.errors import FAILED_RUNS_EXIT, UserError, exit_with
+from mnistcnn.base.formats import duration, sample_size
 from mnistcnn.base.signals import stop_signals_to
+from mnistcnn.runs.preflight import check_overrides, sweep_jobs
 from mnistcnn.studies import book, calibration, publish, questions, study_files
 from mnistcnn.studies.study_files import StudyFile
-from mnistcnn.studies.sweeps import precheck, sweep_jobs
 
-FAILED_EXIT = 1  # as a sweep with failed jobs (sweep.FAILED_JOBS_EXIT)
 POLL_S = 2.0  # how often a running study's folder is counted for the progress line
 ENDED = ("completed", "failed", "diverged", "interrupted")  # a summary.json status: not running
 # Overrides that make runs shorter than their study's protocol: the book then says so.
@@ -189,9 +187,9 @@ class Progress:
         self.shown = done
         elapsed = time.monotonic() - self.start
         new = done - self.before
-        left = (f", ~{book.duration(elapsed / new * (self.total - done))} left"
+        left = (f", ~{duration(elapsed / new * (self.total - done))} left"
                 if 0 < new and done < self.total else "")
-        print(f"[{done}/{self.total} runs] {book.duration(elapsed)} elapsed{left}",
+        print(f"[{done}/{self.total} runs] {duration(elapsed)} elapsed{left}",
               file=sys.stderr, flush=True)
 
 
@@ -223,16 +221,6 @@ def run_study(overrides: list[str], log_path: Path, folder: Path, progress: Prog
                 return code, (stopped[0] if stopped else None)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        models = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                  if ln.startswith("model name")]
-        cpu = models[0] if models else cpu
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
-
-
 def book_args(studies: Sequence[StudyFile], out: Path, opts: argparse.Namespace,
               overrides: list[str], search_root: Path) -> tuple[dict[str, list[str]], list[str]]:
     """(each study's `train -m` overrides, the search path override), people's study files
@@ -243,13 +231,6 @@ def book_args(studies: Sequence[StudyFile], out: Path, opts: argparse.Namespace,
 
 
 FROM_RUNS = "from finished runs of the same arm"
-
-
-def about(seconds: float) -> str:
-    """An estimate: to the second below an hour, to the minute above."""
-    if seconds < 3600:
-        return book.duration(seconds)
-    return book.duration(round(seconds / 60) * 60).removesuffix("00s")
 
 
 def estimate_text(pending: int, timed_s: float, timed: int, calibrated_s: float = 0.0,
@@ -269,7 +250,7 @@ def estimate_text(pending: int, timed_s: float, timed: int, calibrated_s: float 
         if not timed + calibrated:
             return f"no estimate{why}"
         sources.append(f"no estimate for {pending - timed - calibrated}{why}")
-    return f"~{about(timed_s + calibrated_s)} ({'; '.join(sources)})"
+    return f"~{duration(timed_s + calibrated_s, estimate=True)} ({'; '.join(sources)})"
 
 
 def plan_estimate(p: study_files.Plan, how: str) -> str:
@@ -298,11 +279,6 @@ def answers_of(out: Path, name: str) -> list[questions.Answer]:
     return book.load(out, [name], figures=False).studies[0].answers
 
 
-def n_text(finished: Sequence[int]) -> str:
-    low, high = min(finished, default=0), max(finished, default=0)
-    return f"n = {low}" if low == high else f"n = {low}–{high}"
-
-
 def decided_text(answer: questions.Answer, n: str) -> str:
     """What an answer without seeds to add says: decided, described without a test, or
     open with no estimate (too few runs to test, or more seeds than is practical)."""
@@ -323,7 +299,7 @@ def question_lines(p: study_files.Plan, overrides: list[str], out: Path,
         head = f"  Q{number} {answer.question.ask}"
         needed = answer.seeds_needed
         if not needed:
-            lines.append(f"{head}: {decided_text(answer, n_text(p.finished))}")
+            lines.append(f"{head}: {decided_text(answer, sample_size(p.finished))}")
             continue
         if needed not in costs:
             more = study_files.plan(p.name, with_seeds(overrides, needed), out / p.name)
@@ -348,7 +324,7 @@ def dry_run(per_study: dict[str, list[str]], out: Path, resuming: bool) -> None:
     calibrate(plans, per_study, calibrator)
     if untimed:
         print(f"timed {len(calibrator.rates)} distinct config(s) in "
-              f"{book.duration(calibrator.spent_s)}", file=sys.stderr, flush=True)
+              f"{duration(calibrator.spent_s)}", file=sys.stderr, flush=True)
     for p in plans:
         line = f"{p.name}: {p.arms} arm(s) x {p.seeds} seed(s) = {p.runs} runs"
         if resuming:
@@ -368,12 +344,11 @@ def dry_run(per_study: dict[str, list[str]], out: Path, resuming: bool) -> None:
 
 
 def book_names(out: Path, studies: Sequence[StudyFile], record: dict) -> list[str]:
-    """The studies of the book: those named, else those book.json records (with their
-    questions, or with a wall time from an earlier version), else every folder of DIR
-    that holds runs."""
+    """The studies of the book: those named, else those book.json records, else every
+    folder of DIR that holds runs."""
     if studies:
         return [s.name for s in studies]
-    recorded = list(dict.fromkeys([*record.get("studies", {}), *record.get("wall_s", {})]))
+    recorded = list(record.get("studies", {}))
     return recorded or sorted(p.name for p in out.iterdir()
                               if p.is_dir() and any(p.glob("*/.hydra/config.yaml")))
 
@@ -386,22 +361,13 @@ def write_book(out: Path, names: Sequence[str], opts: argparse.Namespace) -> boo
         t_book = time.monotonic()
         written = book.write(out, names)
         print(f"book -> {out / 'STUDIES.md'} ({out / 'studies.html'}) after "
-              f"{book.duration(time.monotonic() - t_book)}", file=sys.stderr)
+              f"{duration(time.monotonic() - t_book)}", file=sys.stderr)
     if opts.publish:
         published = publish.publish(out, names, Path(opts.publish))
         print(f"published -> {published.out_dir / 'STUDIES.md'}", file=sys.stderr)
         if in_place:
             return published
     return written
-
-
-def recorded_command(args: list[str], out: Path) -> str:
-    """The command as the book records it: --out relative to where it ran, so a book never
-    carries the absolute paths of the machine that made it."""
-    here = os.path.relpath(out)
-    typed = [f"--out={here}" if a.startswith("--out=") else a for a in args]
-    typed = [here if i and typed[i - 1] == "--out" else a for i, a in enumerate(typed)]
-    return shlex.join(["python", "-m", "mnistcnn", "studies", *typed])
 
 
 def run_studies(args: list[str]) -> None:
@@ -429,7 +395,7 @@ def run_studies(args: list[str]) -> None:
             return
         totals = {}
         for name, study_args in per_study.items():
-            precheck(study_args, multirun=True)  # a typo costs nothing: no folder, no run
+            check_overrides(study_args, multirun=True)  # a typo costs nothing: no folder, no run
             jobs = sweep_jobs(study_args)
             totals[name] = sum(1 for _ in jobs) if jobs is not None else 0  # 0: not listable
     per_study, _ = book_args(studies, out, opts, overrides, out / study_files.BOOK_COPIES)
@@ -437,8 +403,10 @@ def run_studies(args: list[str]) -> None:
     record_path = out / book.BOOK_FILE
     record = run_folder.read_json(record_path) if record_path.is_file() else {}
     record.setdefault("wall_s", {})
-    record["machine"] = machine()
-    record["commands"] = [*record.get("commands", []), recorded_command(args, out)]
+    record["machine"] = provenance.machine()
+    # --out relative to where it ran: a book never carries the machine's own folders.
+    record["commands"] = [*record.get("commands", []), provenance.recorded_command(
+        ["python", "-m", "mnistcnn", "studies"], args, ["--out"])]
     # The questions of each study, for its section before its runs exist; and the order.
     record["studies"] = {**record.get("studies", {}), **blocks}
     shortening = [o for o in overrides if o.lstrip("+~").startswith(SHORTENING)]
@@ -481,8 +449,6 @@ def run_studies(args: list[str]) -> None:
                   flush=True)
     written = write_book(out, book_names(out, [], record), opts)
     if written.failed or failed_studies:
-        print(f"error: {len(written.failed)} run(s) did not complete"
-              + (f"; studies with errors: {', '.join(failed_studies)}" if failed_studies else "")
-              + f"; see {out / 'STUDIES.md'}; rerun them with: {resume_hint}",
-              file=sys.stderr)
-        raise SystemExit(FAILED_EXIT)
+        errors = f"; studies with errors: {', '.join(failed_studies)}" if failed_studies else ""
+        exit_with(f"{len(written.failed)} run(s) did not complete{errors}; see "
+                  f"{out / 'STUDIES.md'}; rerun them with: {resume_hint}", FAILED_RUNS_EXIT)

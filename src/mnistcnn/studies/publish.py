@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from mnistcnn.base import run_folder
 from mnistcnn.base.errors import UserError
+from mnistcnn.base.run_reader import find_runs
 from mnistcnn.reporting import comparison
 from mnistcnn.studies import book
 
@@ -54,7 +55,7 @@ def copy_run(run: Path, target: Path) -> None:
     if (run / "summary.json").is_file():
         summary = run_folder.read_json(run / "summary.json")
         run_folder.write_json(target / "summary.json",
-                         {k: v for k, v in summary.items() if k not in PRIVATE})
+                              {k: v for k, v in summary.items() if k not in PRIVATE})
     if (run / HYDRA_RECORD).is_file():
         choices = OmegaConf.load(run / HYDRA_RECORD).hydra.runtime.get("choices", {})
         record = {"hydra": {"runtime": {"choices": OmegaConf.to_container(choices)}}}
@@ -62,16 +63,12 @@ def copy_run(run: Path, target: Path) -> None:
         run_folder.write_text(target / HYDRA_RECORD, OmegaConf.to_yaml(record))
 
 
-def copy_small_files(book_dir: Path, names: Sequence[str], dest: Path) -> int:
-    """Every run's small files from book_dir/NAME/ to dest/NAME/ (same relative paths);
-    returns how many runs were copied."""
-    copied = 0
+def copy_small_files(book_dir: Path, names: Sequence[str], dest: Path) -> None:
+    """Every run's small files from book_dir/NAME/ to dest/NAME/ (same relative paths)."""
     for name in names:
         if (book_dir / name).is_dir():
-            for run in comparison.find_runs([book_dir / name]):
+            for run in find_runs([book_dir / name]):
                 copy_run(run, dest / run.relative_to(book_dir))
-                copied += 1
-    return copied
 
 
 def publish(book_dir: Path, names: Sequence[str], dest: Path) -> book.Book:

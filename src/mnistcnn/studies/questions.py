@@ -36,8 +36,10 @@ import statsmodels.api as sm
 import statsmodels.formula.api as smf
 from statsmodels.stats.anova import anova_lm
 
-from mnistcnn.base.config_keys import show_value
-from mnistcnn.reporting.comparison import Run, differing_keys, split_implied, wall_seconds
+from mnistcnn.base.config_keys import short_key, show_value
+from mnistcnn.base.formats import duration_words, sample_size
+from mnistcnn.base.run_reader import Run, wall_seconds
+from mnistcnn.reporting.comparison import differing_keys, split_implied
 from mnistcnn.studies.inference import (
     ALPHA,
     MAX_SEEDS,
@@ -62,7 +64,7 @@ Table = tuple[list[str], list[list[str]]]
 class Question:
     ask: str
     factor: str  # a swept config key, a config group (optim) or a variant-like choice
-    baseline: str | None = None  # a level as settings.show_value writes it
+    baseline: str | None = None  # a level as config_keys.show_value writes it
     levels: tuple[str, ...] | None = None  # only these levels (None: all of them)
     kind: str | None = None  # one of KINDS; None: baseline with a baseline, else best
     margin: float | None = None  # points of test accuracy
@@ -98,16 +100,11 @@ def same_level(a: str | None, b: str | None) -> bool:
 
 def level_of(run: Run, factor: str) -> str | None:
     """The run's level of a factor: its config value, or its group's choice (optim -> the
-    value of optim.name), as settings.show_value writes it."""
+    value of optim.name), as config_keys.show_value writes it."""
     for key in (factor, f"{factor}.name"):
         if key in run.config:
             return show_value(run.config[key])
     return None
-
-
-def short(factor: str) -> str:
-    parts = factor.split(".")
-    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
 
 
 def is_numeric(levels: Sequence[str]) -> bool:
@@ -242,8 +239,8 @@ def answer(question: Question, runs: Sequence[Run], provisional: bool = False) -
         now = min(c.n for c in result.contrasts)
         more = (result.seeds_needed - now) * arms
         result.sentence += (f" That is {more} more runs of these arms (--seeds "
-                            f"{result.seeds_needed}), about {duration(more * seconds)} on the "
-                            f"machine that made these.")
+                            f"{result.seeds_needed}), about {duration_words(more * seconds)} "
+                            f"on the machine that made these.")
     if provisional:
         result.verdict = "Smoke runs, not a finding"
         result.sentence = "The runs are shorter than the protocol. " + result.sentence
@@ -254,12 +251,6 @@ def run_seconds(runs: Sequence[Run]) -> float | None:
     """The mean wall time of a run."""
     times = [t for t in (wall_seconds(r.summary) for r in runs) if t is not None]
     return statistics.fmean(times) if times else None
-
-
-def duration(seconds: float) -> str:
-    minutes = seconds / 60
-    return f"{seconds:.0f} s" if minutes < 1 else (
-        f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h")
 
 
 def other_factors(runs: Sequence[Run], factor: str) -> list[str]:
@@ -289,7 +280,7 @@ def named(level: str | None, levels: Sequence[str]) -> str | None:
 
 def missing_level(question: Question, levels: Sequence[str], means: dict) -> Answer | None:
     """An answer when there is nothing to compare, or the baseline has no completed run."""
-    name = short(question.factor)
+    name = short_key(question.factor)
     if len(levels) < 2:
         only = ", ".join(f"{name}={lv}" for lv in levels) or "no level"
         return Answer(question, "Nothing to compare", f"Only {only} completed.",
@@ -335,7 +326,7 @@ def different_tasks(runs: Sequence[Run], factor: str) -> str:
 
 # ----------------------------------------------------------------------------- one factor
 def one_factor(question: Question, runs: Sequence[Run]) -> Answer:
-    name = short(question.factor)
+    name = short_key(question.factor)
     samples = samples_by_level(runs, question.factor, question.levels)
     means = {lv: statistics.fmean(v) for lv, v in samples.items()}
     levels = list(samples)
@@ -350,7 +341,8 @@ def one_factor(question: Question, runs: Sequence[Run]) -> Answer:
                      lambda a, b: WelchDifference(samples[a], samples[b]))
     contrasts = judge(kind, question.margin, pairs)
     n = {lv: len(v) for lv, v in samples.items()}
-    verdict, body, power, brief = words(q, name, levels, contrasts, n_text(list(n.values())),
+    verdict, body, power, brief = words(q, name, levels, contrasts,
+                                        sample_size(list(n.values()), "arm"),
                                         tasks or "the study file asks for a description")
     result = Answer(question, verdict, body + power, brief)
     result.tables = [("", level_table(name, samples)),
@@ -494,7 +486,7 @@ def brief_text(contrasts: Sequence[Contrast]) -> str:
 def verdict_text(q: Question, levels: Sequence[str], contrasts: Sequence[Contrast],
                  n: str) -> str:
     """The verdict from the contrasts' decisions, levels written name=level."""
-    name = short(q.factor)
+    name = short_key(q.factor)
     levels = [f"{name}={lv}" for lv in levels]
     contrasts = [Contrast(f"{name}={c.level}", f"{name}={c.reference}", c.diff, c.test, c.low,
                           c.high, decision=c.decision, untested=c.untested)
@@ -579,19 +571,14 @@ def p_text(p: float | None) -> str:
     return "" if p is None or math.isnan(p) else f"{p:.2g}"
 
 
-def n_text(counts: Sequence[int]) -> str:
-    lo, hi = min(counts), max(counts)
-    return f"n = {lo} per arm" if lo == hi else f"n = {lo}–{hi} per arm"
-
-
 # ----------------------------------------------------------------------------- two factors
 def two_factors(question: Question, runs: Sequence[Run], others: Sequence[str]) -> Answer:
     """The factor crossed with the rest of the study's grid (its other columns taken
     together as one factor), on one model of cell means with a pooled variance."""
-    name = short(question.factor)
-    other = ", ".join(short(k) for k in others)
+    name = short_key(question.factor)
+    other = ", ".join(short_key(k) for k in others)
     g_values = [[show_value(r.config.get(k)) for k in others] for r in runs]
-    g_labels = [", ".join(f"{short(k)}={v}" for k, v in zip(others, values, strict=True))
+    g_labels = [", ".join(f"{short_key(k)}={v}" for k, v in zip(others, values, strict=True))
                 for values in g_values]
     f_order = list(samples_by_level(runs, question.factor, question.levels))
     f_labels = [named(level_of(r, question.factor), f_order) for r in runs]
@@ -640,7 +627,7 @@ def two_factors(question: Question, runs: Sequence[Run], others: Sequence[str]) 
         family = sum(len(p) for p in per_g)
         for g, pairs_g in zip(g_levels, per_g, strict=True):
             at_each += judge(kind, q.margin, pairs_g, at=g, family=family)
-    n = n_text(list(counts)).replace("per arm", "per cell")
+    n = sample_size(list(counts), "cell")
     verdict, body, power, brief = words(q, name, f_order, contrasts, n, tasks or
                                         "the study file asks for a description", model=True)
     sentence = f"Averaged over {other} (a model of cell means with one pooled variance): {body}"

@@ -27,9 +27,9 @@ from mnistcnn.base import run_folder
 from mnistcnn.base.config import CONF_DIR, compose_config
 from mnistcnn.base.config_keys import NOT_SETTINGS, flatten, show_value
 from mnistcnn.base.errors import UserError, yaml_problem
-from mnistcnn.reporting.comparison import wall_seconds
+from mnistcnn.base.run_reader import wall_seconds
+from mnistcnn.runs.preflight import sweep_jobs
 from mnistcnn.studies.questions import KINDS, is_numeric, same_level
-from mnistcnn.studies.sweeps import sweep_jobs
 
 PRESET_DIR = CONF_DIR / "experiment"
 SEARCH_GROUP = "experiment"  # a person's file runs as +experiment=NAME, as a preset does
@@ -127,7 +127,7 @@ def search_overrides(studies: Sequence[StudyFile], root: Path) -> list[str]:
 # ----------------------------------------------------------------------------- questions
 def swept_levels(jobs: Sequence[Sequence[str]]) -> dict[str, list[str]]:
     """{key: levels} of every key the jobs give more than one value (the seed too), keys
-    without Hydra's +/~ prefix and levels as settings.show_value writes the runs' values."""
+    without Hydra's +/~ prefix and levels as config_keys.show_value writes the runs' values."""
     parser = OverridesParser.create()
     levels: dict[str, list[str]] = {}
     for job in jobs:
@@ -207,7 +207,7 @@ class Plan:
     timed_s: float = 0.0  # the pending runs that finished runs of their arm time
     timed: int = 0  # how many pending runs that is
     # The arms of the other pending runs: {arm: (one pending job's overrides, its runs)},
-    # for studies.py to time by a calibration.
+    # for command.py to time by a calibration.
     untimed: dict[frozenset, tuple[list[str], int]] = field(default_factory=dict)
     calibrated_s: float = 0.0  # the untimed runs as calibrations time them
     calibrated: int = 0
@@ -221,7 +221,7 @@ class Plan:
 
 def job_key(overrides: Sequence[str], leave_out: Sequence[str] = ()) -> frozenset:
     """What tells a job apart: its overrides but Hydra's own and those that do not change
-    what is trained (the keys a job folder's name leaves out, settings.NOT_SETTINGS)."""
+    what is trained (the keys a job folder's name leaves out, config_keys.NOT_SETTINGS)."""
     parser = OverridesParser.create()
     return frozenset((o.key_or_group, show_value(o.value())) for o in parser.parse_overrides(
         [j for j in overrides if not j.startswith("hydra.")])

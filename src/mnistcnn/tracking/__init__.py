@@ -1,1 +1,1 @@
-"""Experiment trackers (TensorBoard, MLflow) behind one small interface."""
+"""Experiment trackers (TensorBoard, MLflow) behind one small interface, trackers.py."""

@@ -10,7 +10,7 @@ The MLflow run id is kept in RUN/mlflow.json, so `resume` continues the same MLf
 
 The run folder stays the record: a store that fails mid-run costs a warning, never the
 training. mlflow is an optional extra: `check_available` turns its absence into one line
-before any run folder is made.
+before any run folder is made. trackers.py opens it for a run with logger=mlflow.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnistcnn.base import provenance, run_folder
 from mnistcnn.base.config import to_plain
-from mnistcnn.base.config_keys import preset_choices
+from mnistcnn.base.config_keys import preset_choices, settings
 from mnistcnn.base.errors import UserError
-from mnistcnn.tracking import tensorboard_tracker
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +43,17 @@ SQLITE = "sqlite:///"
 NOT_FINAL = ("seed", "epoch", "batch", "lr")
 
 
-def wanted(cfg: DictConfig) -> bool:
-    return (cfg.get("logger") or {}).get("name", "none") == "mlflow"
-
-
-def check_available(cfg: DictConfig) -> None:
+def check_available(tracking_uri: str) -> None:
     """logger=mlflow without the mlflow package: a UserError saying how to get it. With
     it, a SQLite store is created here, once, so the parallel jobs of a sweep never race
     to create its tables."""
-    if not wanted(cfg):
-        return
     try:
         import mlflow  # noqa: F401
     except ImportError as e:
         raise UserError("logger=mlflow needs the mlflow package: pip install "
                         "'mnistcnn[mlflow]' (or `make install`, which includes it), or use "
                         "logger=none") from e
-    prepare_store(cfg.logger.tracking_uri)
+    prepare_store(tracking_uri)
 
 
 @cache
@@ -143,8 +136,7 @@ def experiment_name(cfg: DictConfig, run_dir: Path) -> str:
 def params(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
     """What a comparison tells runs apart by: the preset choices and the settings."""
     plain = to_plain(cfg)
-    return {k: str(v) for k, v in {**preset_choices(run_dir, plain),
-                                   **tensorboard_tracker.hparams(cfg)}.items()}
+    return {k: str(v) for k, v in {**preset_choices(run_dir, plain), **settings(plain)}.items()}
 
 
 def tags(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
@@ -283,13 +275,3 @@ class MLflowLog:
             action(*args)
         except self.errors as e:
             log.warning("MLflow could not log %s of %s: %s", what, self.run_dir, e)
-
-
-def open_log(cfg: DictConfig, run_dir: Path) -> MLflowLog | None:
-    return MLflowLog(cfg, run_dir) if wanted(cfg) else None
-
-
-def close(ml: MLflowLog | None, summary: dict) -> None:
-    """End the MLflow run, if one is open, with the status summary.json now holds."""
-    if ml is not None:
-        ml.finish(summary)

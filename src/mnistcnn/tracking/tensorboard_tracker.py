@@ -4,6 +4,7 @@ final metrics, as TensorBoard event files in RUN/tb/.
 Each run of a sweep writes its own tb/, so `tensorboard --logdir outputs/sweeps/FOLDER`
 shows every job as a run and compares them in the HParams tab. tensorboard is an
 optional extra: `check_available` turns its absence into one line before any training.
+trackers.py opens it for a run with logger=tensorboard.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mnistcnn.base.config import to_plain
-from mnistcnn.base.config_keys import NOT_SETTINGS, flatten
+from mnistcnn.base.config_keys import settings
 from mnistcnn.base.errors import UserError
 
 TB_DIR = "tb"
@@ -23,14 +24,8 @@ FINAL_METRICS = ("test/acc", "test/loss", "final/train/acc", "final/train/loss",
                  "final/val/loss", "epochs", "best_epoch", "train_time_s")
 
 
-def wanted(cfg: DictConfig) -> bool:
-    return (cfg.get("logger") or {}).get("name", "none") == "tensorboard"
-
-
-def check_available(cfg: DictConfig) -> None:
+def check_available() -> None:
     """logger=tensorboard without the tensorboard package: a UserError saying how to get it."""
-    if not wanted(cfg):
-        return
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError as e:
@@ -40,14 +35,14 @@ def check_available(cfg: DictConfig) -> None:
 
 
 def hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The settings a comparison would tell runs apart by, as {"optim.lr": 0.001, ...};
-    lists and dicts become strings (HParams takes numbers, strings and booleans only)."""
+    """The run's settings, as {"optim.lr": 0.001, ...}; lists and dicts become strings
+    (HParams takes numbers, strings and booleans only)."""
     return {k: str(v) if isinstance(v, list | dict) else v
-            for k, v in flatten(to_plain(cfg)).items() if not k.startswith(NOT_SETTINGS)}
+            for k, v in settings(to_plain(cfg)).items()}
 
 
 class TensorBoardLog:
-    def __init__(self, run_dir: Path, first_epoch: int = 1):
+    def __init__(self, run_dir: Path, first_epoch: int):
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step: a resumed run hides the epochs logged after its last checkpoint, which
@@ -71,7 +66,3 @@ class TensorBoardLog:
             metrics[f"best/{monitor}"] = summary[f"best/{monitor}"]
         self.writer.add_hparams(hparams(cfg), metrics, run_name=".")
         self.writer.close()
-
-
-def open_log(cfg: DictConfig, run_dir: Path, first_epoch: int = 1) -> TensorBoardLog | None:
-    return TensorBoardLog(run_dir, first_epoch) if wanted(cfg) else None

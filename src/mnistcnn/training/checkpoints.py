@@ -14,7 +14,7 @@ from mnistcnn.base import run_folder
 from mnistcnn.base.config import saved_config, to_plain
 from mnistcnn.base.errors import UserError
 from mnistcnn.data.dataset import Data
-from mnistcnn.training.setup import place_model
+from mnistcnn.training.device import cpu_copy, place_model
 
 
 def run_identity(cfg: DictConfig, data: Data) -> dict:
@@ -26,9 +26,7 @@ def run_identity(cfg: DictConfig, data: Data) -> dict:
 def save_checkpoint(path: Path, model: torch.nn.Module, cfg: DictConfig,
                     data: Data) -> None:
     """Plain dict of tensors and primitives: loadable with torch.load(weights_only=True)."""
-    run_folder.save_torch(path, {"model": {k: v.detach().cpu() for k, v in
-                                      model.state_dict().items()},
-                            **run_identity(cfg, data)})
+    run_folder.save_torch(path, {"model": cpu_copy(model.state_dict()), **run_identity(cfg, data)})
 
 
 def safe_load(path: Path, what: str) -> dict:

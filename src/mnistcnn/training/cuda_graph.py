@@ -4,8 +4,8 @@ On a GPU the eager loop is bound by kernel launches: a step of these small nets 
 of tiny kernels, and the GPU idles between them. Replaying the whole step (batch gather,
 augmentation, forward, loss, backward, optimizer) as one graph removes that overhead.
 The step itself is `engine.train_step`, the same function the CPU runs eagerly; this
-module only captures and replays it (whether it can be captured, and the optimizer flags a
-captured step needs, are decided in training_setup.py).
+module only captures and replays it (whether it is captured is decided once per run in
+cuda_graph_policy.py; the optimizer flags a captured step needs are set in factories.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mnistcnn.base.errors import UserError
+from mnistcnn.training.factories import train_eagerly
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ class CudaGraphStep:
     floats in the optimizer's param_groups (so schedules, checkpoints and logs work as in
     the eager loop); the graph reads them from device tensors, which are refreshed from the
     floats when a schedule moved them. A capture that fails leaves the run training eagerly
-    with one warning line (the step it was capturing runs eagerly, so no batch is lost), or,
-    with `required` (trainer.cuda_graph=true), ends it with a UserError naming the cause.
+    with one warning line, its optimizer turned into the one an eager run builds (state kept;
+    the step it was capturing runs eagerly, so no batch is lost), or, with `required`
+    (trainer.cuda_graph=true), ends it with a UserError naming the cause.
 
     The object holds the step function, the optimizer and the graph, and nothing that holds
     it: so the graph dies with its run. `release()` frees it (and its memory pool) at once;
@@ -81,10 +83,10 @@ class CudaGraphStep:
                 self.step(*args)
                 return
         self._refresh_hyperparameters()
-        self._replay(*args)
+        self._replay()
         self.replays += 1
 
-    def path(self) -> dict[str, Any]:
+    def train_path(self) -> dict[str, Any]:
         """How the run's full-size steps trained, for summary.json (see engine.Training)."""
         if self.failure is not None:
             return {"train_path": "fallback", "train_path_reason": self.failure,
@@ -94,14 +96,23 @@ class CudaGraphStep:
                     f"training ended before the capture (after {WARMUP_STEPS} warm-up steps)"}
         return {"train_path": "cuda_graph", "graph_replays": self.replays}
 
-    def release(self) -> None:
+    def release(self, after_error: bool = False) -> None:
         """Free the graph, its private memory pool and the tensors it reads, now rather than
         whenever the garbage collector gets to them (a graph freed late, while another one
-        captured on the same stream lives, can free cuBLAS workspace that one baked in)."""
-        if self.graph is not None:
-            torch.cuda.synchronize()
-            self.graph.reset()
+        captured on the same stream lives, can free cuBLAS workspace that one baked in),
+        after a device sync that lets a replay in flight finish. `after_error`: training is
+        ending with an error, which may be a sticky CUDA error that the sync would raise
+        again; a failure here is then dropped, so that the first error is the one seen."""
+        graph = self.graph
         self.graph, self.hyper, self.written, self.side_stream = None, [], [], None
+        if graph is None:
+            return
+        try:
+            torch.cuda.synchronize()
+            graph.reset()
+        except RuntimeError:
+            if not after_error:
+                raise
 
     def _on_side_stream(self, fn: Callable[..., None], *args: Any) -> None:
         """Run `fn` on the side stream (made on first use), ordered after the caller's work
@@ -135,11 +146,12 @@ class CudaGraphStep:
                                 f"to train eagerly") from e
             log.warning("CUDA graph capture of the training step failed (%s); this run "
                         "trains eagerly", self.failure)
+            train_eagerly(self.opt)
             return False
         self.graph = graph
         return True
 
-    def _replay(self, *args: Any) -> None:
+    def _replay(self) -> None:
         self.graph.replay()
 
     def _make_tensors(self) -> None:
@@ -190,7 +202,7 @@ def first_line(error: BaseException) -> str:
 
 
 def describe_path(path: dict[str, Any]) -> str:
-    """One line for people from Training.path()'s keys (as summary.json holds them)."""
+    """One line for people from Training.train_path()'s keys (as summary.json holds them)."""
     kind = path.get("train_path")
     if kind == "cuda_graph":
         return f"CUDA graph ({path['graph_replays']:,} steps replayed)"

@@ -1,11 +1,10 @@
-"""The training core: the state a run carries, the step, the epoch, fit, and evaluation.
+"""The training core, read top to bottom: the state a run carries, one training step, one
+epoch, evaluation, and `fit`, the epoch loop, which hands each epoch to the run as it ends.
 
-What it trains with (device, seeds, optimizer, schedule, loss) is built in
-training_setup.py. Read this file top to bottom: `fit` runs epochs of `train_epoch`,
-which runs `train_step` once per batch: an index slice of the on-device training
-tensor. Per-batch losses and correct counts stay on the device and are read every
-PROGRESS_EVERY batches (the divergence check) and at the epoch's end. On a GPU the
-full-size steps are replayed as one CUDA graph (graphed.py); the step is the same function.
+A step trains on an index slice of the on-device training tensor. Per-batch losses and
+correct counts stay on the device and are read every PROGRESS_EVERY batches (the divergence
+check) and at the epoch's end. On a GPU the full-size steps are replayed as one CUDA graph
+(cuda_graph.py, as the run's GraphPlan says); the step is the same function.
 """
 
 from __future__ import annotations
@@ -13,7 +12,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,18 +23,20 @@ from tqdm import tqdm
 from mnistcnn.base.errors import Diverged, Interrupted
 from mnistcnn.data.dataset import Data, EpochDraw, Split, batches, draw_epoch, prepare
 from mnistcnn.training.cuda_graph import CudaGraphStep
-from mnistcnn.training.setup import (
+from mnistcnn.training.cuda_graph_policy import GraphPlan
+from mnistcnn.training.device import (
     autocast,
     compiled,
-    cuda_graph_setting,
-    graph_off_reason,
-    make_loss,
-    make_optimizer,
-    make_scheduler,
+    cpu_copy,
     reuse_freed_memory,
     rng_state,
-    scheduled_hyperparameters,
     set_rng_state,
+)
+from mnistcnn.training.factories import (
+    make_loss,
+    make_optimizer,
+    make_schedule,
+    optimizer_flags,
     with_optimizer_flags,
 )
 from mnistcnn.training.stopping import EarlyStopping
@@ -65,20 +67,22 @@ class EpochTotals:
 
 
 class Training:
-    """What the loop carries from epoch to epoch, and its checkpointable state."""
+    """What the loop carries from epoch to epoch, and its checkpointable state: built once
+    per run, from `resume` (a `state()` saved after an epoch) when continuing. `plan` is the
+    run's graph-or-eager decision (cuda_graph_policy.plan_graph)."""
 
-    def __init__(self, model: nn.Module, data: Data, cfg):
+    def __init__(self, model: nn.Module, data: Data, cfg, plan: GraphPlan,
+                 resume: dict | None = None):
         self.model, self.data, self.cfg = model, data, cfg
         self.device = data.train.images.device
         self.forward = compiled(model, cfg.trainer)
-        # Why the step runs eagerly (None: it is captured), for summary.json.
-        self.eager_reason = graph_off_reason(cfg, self.device)
-        graphed = self.eager_reason is None
-        graph_reads = scheduled_hyperparameters(cfg) if graphed else None
-        self.opt = make_optimizer(model.parameters(), cfg.optim, graph_reads)
+        plan.check_reaches_capture(len(data.train), cfg.trainer.batch_size)
+        self.eager_reason = plan.eager_reason  # for summary.json: None when captured
+        self.opt = make_optimizer(model.parameters(), cfg.optim, plan.reads)
         self.steps = -(-len(data.train) // cfg.trainer.batch_size)
-        self.sched, self.sched_unit = make_scheduler(self.opt, cfg.sched, cfg.trainer.epochs,
-                                                     self.steps)
+        self.stopper = EarlyStopping.from_config(cfg.trainer)
+        self.schedule = make_schedule(self.opt, cfg.sched, cfg.trainer.epochs, self.steps,
+                                      self.stopper.score)
         self.loss_fn = make_loss(cfg.loss, data.num_classes)
         # A CPU generator drives shuffling and augmentation, so runs repeat across devices.
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -88,11 +92,13 @@ class Training:
         self.offsets = torch.arange(cfg.trainer.batch_size, device=self.device)
         # Called as graph(self, batch_size): it holds the step function, not this object,
         # so no reference cycle keeps a finished run's graph and its memory alive.
-        self.graph = CudaGraphStep(train_step, self.opt, graph_reads,
-                                   required=cuda_graph_setting(cfg) == "true") if graphed else None
-        if not graphed and self.device.type == "cuda":
+        self.graph = (CudaGraphStep(train_step, self.opt, plan.reads, required=plan.required)
+                      if plan.captured else None)
+        if self.graph is None and self.device.type == "cuda":
             log.info("training step runs eagerly: %s", self.eager_reason)
         self.records: list[dict] = []
+        if resume is not None:
+            self.load_state(resume)
 
     def new_epoch(self) -> None:
         """Draw the epoch's order and augmentation; zero the totals."""
@@ -103,91 +109,93 @@ class Training:
             self.epoch_draw.copy_(draw)
         self.totals.reset()
 
-    def path(self) -> dict:
+    def train_path(self) -> dict:
         """How the training steps ran, for summary.json: `train_path` is "eager" (with
         `train_path_reason`), "cuda_graph" (with `graph_replays`, the replayed steps) or
         "fallback" (a failed capture; the reason is its cause)."""
         if self.graph is None:
             return {"train_path": "eager", "train_path_reason": self.eager_reason}
-        return self.graph.path()
+        return self.graph.train_path()
+
+    def release(self, after_error: bool = False) -> None:
+        """Free the CUDA graph and its memory now (see CudaGraphStep.release)."""
+        if self.graph is not None:
+            self.graph.release(after_error)
 
     def state(self) -> dict:
         """Everything needed to continue after the last completed epoch."""
         return {"epoch": len(self.records), "records": list(self.records),
-                "model": {k: v.detach().cpu().clone() for k, v in
-                          self.model.state_dict().items()},
+                "model": cpu_copy(self.model.state_dict()),
                 "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict() if self.sched else None,
+                "scheduler": self.schedule.state_dict(),
                 "generator": self.generator.get_state(), "rng": rng_state(),
                 "stopper": self.stopper.state_dict()}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(with_optimizer_flags(state["optimizer"], self.opt))
-        if self.sched:
-            self.sched.load_state_dict(state["scheduler"])
+        self.opt.load_state_dict(with_optimizer_flags(state["optimizer"],
+                                                      optimizer_flags(self.opt)))
+        self.schedule.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         set_rng_state(state["rng"])
         self.records = list(state["records"])
-        if state.get("stopper") is not None:  # absent in checkpoints from before it existed
-            self.stopper.load_state_dict(state["stopper"])
+        self.stopper.load_state_dict(state["stopper"])
 
 
-# ----------------------------------------------------------------------------- loops
-def train_step(t: Training, size: int) -> None:
+# ----------------------------------------------------------------------------- one step
+def train_step(training: Training, size: int) -> None:
     """Forward, loss, backward and optimizer step on the next `size` images of the epoch.
 
     The one training step: it runs eagerly on the CPU (and for an epoch's ragged last
     batch), and the same function is captured as a CUDA graph on a GPU. So everything it
     reads or writes lives in device tensors (the epoch's draw, the totals): no .item(), no
     host->device copy, no Python value that changes from step to step."""
-    data, totals, draw = t.data, t.totals, t.epoch_draw
-    pos = totals.cursor + t.offsets[:size]
+    data, totals, draw = training.data, training.totals, training.epoch_draw
+    pos = totals.cursor + training.offsets[:size]
     idx = draw.order[pos]
     x = prepare(data.train.images[idx], data.mean, data.std, draw.augmentation(pos))
     y = data.train.labels[idx]
-    with autocast(t.device, t.cfg.trainer.precision):
-        logits = t.forward(x)
-        loss = t.loss_fn(logits, y)
-    t.opt.zero_grad(set_to_none=True)
+    with autocast(training.device, training.cfg.trainer.precision):
+        logits = training.forward(x)
+        loss = training.loss_fn(logits, y)
+    training.opt.zero_grad(set_to_none=True)
     loss.backward()
-    t.opt.step()
+    training.opt.step()
     loss = loss.detach()
     totals.loss_sum.add_(loss * size)
     totals.correct.add_((logits.detach().argmax(1) == y).sum())
-    step = totals.cursor // t.cfg.trainer.batch_size
+    step = totals.cursor // training.cfg.trainer.batch_size
     totals.bad_step.copy_(torch.where((totals.bad_step < 0) & ~loss.isfinite(), step,
                                       totals.bad_step))
     totals.cursor.add_(size)
 
 
-def train_epoch(t: Training, epoch: int, bar: tqdm | None,
+# ----------------------------------------------------------------------------- one epoch
+def train_epoch(training: Training, epoch: int, bar: tqdm | None,
                 stop: Callable[[], bool] | None) -> tuple[float, float]:
     """One pass over the training split; returns (mean loss, accuracy)."""
-    t.model.train()
-    t.new_epoch()
-    n, batch_size = len(t.data.train), t.cfg.trainer.batch_size
-    for step in range(t.steps):
+    training.model.train()
+    training.new_epoch()
+    totals, graph = training.totals, training.graph
+    n, batch_size = len(training.data.train), training.cfg.trainer.batch_size
+    for step in range(training.steps):
         size = min(batch_size, n - step * batch_size)
-        if t.graph is not None and size == batch_size:
-            t.graph(t, size)
+        if graph is not None and size == batch_size:
+            graph(training, size)
         else:
-            train_step(t, size)
-        if t.sched_unit == "batch":
-            t.sched.step()
-        if step % PROGRESS_EVERY == 0 or step == t.steps - 1:
+            train_step(training, size)
+        training.schedule.after_batch()
+        if step % PROGRESS_EVERY == 0 or step == training.steps - 1:
             # The only host reads inside an epoch: the divergence check and the bar.
-            if t.totals.bad_step.item() >= 0:
-                raise Diverged(epoch, int(t.totals.bad_step), t.opt.param_groups[0]["lr"])
+            if totals.bad_step.item() >= 0:
+                raise Diverged(epoch, int(totals.bad_step), training.opt.param_groups[0]["lr"])
             if bar is not None:
-                bar.set_postfix(loss=f"{t.totals.loss_sum.item() / (step * batch_size + size):.4f}")
+                bar.set_postfix(loss=f"{totals.loss_sum.item() / (step * batch_size + size):.4f}")
         if bar is not None:
             bar.update(1)
         if stop is not None and stop():
             raise Interrupted(epoch, step)
-    if t.sched_unit == "epoch":
-        t.sched.step()
-    return t.totals.loss_sum.item() / n, t.totals.correct.item() / n
+    return totals.loss_sum.item() / n, totals.correct.item() / n
 
 
 @torch.inference_mode()
@@ -210,55 +218,70 @@ def evaluate(model: nn.Module, split: Split, data: Data, loss_fn, batch_size: in
     return loss, acc, logits
 
 
-def fit(model: nn.Module, data: Data, cfg, on_epoch: Callable[[dict, Training], None],
-        resume: dict | None = None, stop: Callable[[], bool] | None = None,
-        stopper: EarlyStopping | None = None) -> list[dict]:
-    """Train for cfg.trainer.epochs (continuing from a `Training.state()` when resuming),
-    or until `stopper` (built from cfg.trainer when not given) says stop; call
-    on_epoch(record, training) as each epoch ends. `stop` is polled after every
-    batch: when it returns True the loop raises Interrupted after that batch."""
-    reuse_freed_memory()
-    t = Training(model, data, cfg)
-    t.stopper = stopper if stopper is not None else EarlyStopping.from_config(cfg.trainer)
-    if resume is not None:
-        t.load_state(resume)
+def epoch_record(training: Training, epoch: int, stop: Callable[[], bool] | None) -> dict:
+    """Train one epoch (with a progress bar on a terminal) and validate: the epoch's line of
+    metrics.jsonl."""
+    cfg, data = training.cfg, training.data
+    lr = training.opt.param_groups[0]["lr"]
+    start = time.perf_counter()
+    bar = tqdm(total=training.steps, desc=f"epoch {epoch}/{cfg.trainer.epochs}", leave=False,
+               file=sys.stderr) if sys.stderr.isatty() else None
     try:
-        return train_epochs(t, data, cfg, on_epoch, stop)
+        train_loss, train_acc = train_epoch(training, epoch, bar, stop)
     finally:
-        if t.graph is not None:
-            t.graph.release()
+        if bar is not None:
+            bar.close()
+    record = {"epoch": epoch, "train/loss": train_loss, "train/acc": train_acc}
+    if data.val is not None:
+        val_loss, val_acc, _ = evaluate(training.forward, data.val, data, training.loss_fn,
+                                        cfg.trainer.eval_batch_size, cfg.trainer.precision)
+        record.update({"val/loss": val_loss, "val/acc": val_acc})
+    record["lr"] = lr
+    record["epoch_time_s"] = time.perf_counter() - start
+    # Epoch-to-epoch change of the accuracy people watch: val when there is a val split.
+    key = "val/acc" if data.val is not None else "train/acc"
+    records = training.records
+    record["acc_change"] = record[key] - records[-1][key] if records else None
+    return record
 
 
-def train_epochs(t: Training, data: Data, cfg, on_epoch: Callable[[dict, Training], None],
-                 stop: Callable[[], bool] | None) -> list[dict]:
-    """fit's epochs: train, validate, record, early-stop, schedule."""
-    interactive = sys.stderr.isatty()
-    epochs = cfg.trainer.epochs
-    for epoch in range(len(t.records) + 1, epochs + 1):
-        if t.stopper.stopped:  # also when resuming a run that had stopped
-            break
-        lr = t.opt.param_groups[0]["lr"]
-        start = time.perf_counter()
-        bar = tqdm(total=t.steps, desc=f"epoch {epoch}/{epochs}", leave=False,
-                   file=sys.stderr) if interactive else None
-        try:
-            train_loss, train_acc = train_epoch(t, epoch, bar, stop)
-        finally:
-            if bar is not None:
-                bar.close()
-        record = {"epoch": epoch, "train/loss": train_loss, "train/acc": train_acc}
-        if data.val is not None:
-            val_loss, val_acc, _ = evaluate(t.forward, data.val, data, t.loss_fn,
-                                            cfg.trainer.eval_batch_size, cfg.trainer.precision)
-            record.update({"val/loss": val_loss, "val/acc": val_acc})
-        record["lr"] = lr
-        record["epoch_time_s"] = time.perf_counter() - start
-        # Epoch-to-epoch change of the accuracy people watch: val when there is a val split.
-        key = "val/acc" if data.val is not None else "train/acc"
-        record["acc_change"] = record[key] - t.records[-1][key] if t.records else None
-        t.records.append(record)
-        t.stopper.update(record, t.model)
-        if t.sched_unit == "plateau":
-            t.sched.step(t.stopper.score(record))
-        on_epoch(record, t)
-    return t.records
+# ----------------------------------------------------------------------------- the epochs
+@dataclass(frozen=True)
+class EpochEnd:
+    """What `fit` hands the run as an epoch ends: its record (a line of metrics.jsonl), the
+    state that continues after it (last.pt, less the run's identity; its optimizer tensors
+    are the live ones: save it before asking for the next epoch), how the steps ran so far
+    (summary.json's train_path keys) and, when early stopping ends the run here, why (a log
+    line; None while training goes on)."""
+
+    record: dict
+    state: dict
+    train_path: dict
+    early_stop: str | None
+
+
+def fit(training: Training, stop: Callable[[], bool] | None = None) -> Iterator[EpochEnd]:
+    """Train the epochs cfg.trainer.epochs asks for after those `training` has done, until
+    early stopping says stop, yielding each epoch as it ends. `stop` is polled after every
+    batch: when it returns True the loop raises Interrupted after that batch. When the epochs
+    are done the model holds the weights the run keeps (trainer.keep: the last or the best
+    epoch's). The CUDA graph is released however training ends: close the generator (or
+    exhaust it) to end it early."""
+    reuse_freed_memory()
+    stopper = training.stopper
+    try:
+        for epoch in range(len(training.records) + 1, training.cfg.trainer.epochs + 1):
+            if stopper.stopped:  # also when resuming a run that had stopped
+                break
+            record = epoch_record(training, epoch, stop)
+            training.records.append(record)
+            stopper.update(record, training.model)
+            training.schedule.after_epoch(record)
+            yield EpochEnd(record, training.state(), training.train_path(),
+                           stopper.describe() if stopper.stopped else None)
+    except BaseException:
+        training.release(after_error=True)
+        raise
+    training.release()
+    if stopper.keep_best:
+        training.model.load_state_dict(stopper.best_weights)

@@ -1,11 +1,11 @@
 """Early stopping and best weights: the monitored value, epoch by epoch.
 
-`fit` hands every epoch's record to `EarlyStopping.update`, which keeps the best
-value of the monitored metric (`trainer.early_stop.monitor`), the epoch it came
-from and, with `trainer.keep=best`, a copy of that epoch's weights; it says when
-to stop (no improvement for `patience` epochs, or `target` reached). Its state is
-tensors and primitives, so it rides in last.pt and a resumed run stops where an
-uninterrupted one would.
+engine.Training builds one per run, from cfg.trainer, and `fit` hands every epoch's record
+to `EarlyStopping.update`, which keeps the best value of the monitored metric
+(`trainer.early_stop.monitor`), the epoch it came from and, with `trainer.keep=best`, a copy
+of that epoch's weights (which `fit` leaves in the model at the end); it says when to stop
+(no improvement for `patience` epochs, or `target` reached). Its state is tensors and
+primitives, so it rides in last.pt and a resumed run stops where an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mnistcnn.base.config import choice
+from mnistcnn.training.device import cpu_copy
 
 
 def maximised(monitor: str) -> bool:
@@ -65,18 +66,18 @@ class EarlyStopping:
             return False
         return value >= self.target if maximised(self.monitor) else value <= self.target
 
-    def update(self, record: dict, model: nn.Module) -> bool:
-        """Take one epoch's record (and the weights it ended with); True when training
-        should stop. A record without the monitored value (no val split) changes nothing."""
+    def update(self, record: dict, model: nn.Module) -> None:
+        """Take one epoch's record (and the weights it ended with); `stopped` then says
+        whether training stops. A record without the monitored value (no val split) changes
+        nothing but the elapsed time."""
         self.elapsed_s += record["epoch_time_s"]
         value = record.get(self.monitor)
         if value is None:
-            return False
+            return
         if self.improves(value):
             self.best, self.best_epoch, self.bad_epochs = value, record["epoch"], 0
             if self.keep_best:
-                self.best_weights = {k: v.detach().cpu().clone()
-                                     for k, v in model.state_dict().items()}
+                self.best_weights = cpu_copy(model.state_dict())
         else:
             self.bad_epochs += 1
         if self.target_epoch is None and self.reaches_target(value):
@@ -84,7 +85,6 @@ class EarlyStopping:
             self.stop_reason = "target"
         elif self.patience and self.bad_epochs >= self.patience:
             self.stop_reason = "patience"
-        return self.stopped
 
     def describe(self) -> str:
         """The log line of a stop."""

@@ -65,12 +65,12 @@ def parallel_jobs(hydra: Any) -> int:
     return effective_jobs(int(launcher.get("n_jobs") or 1), cpu_cores())
 
 
-def take_share(hydra: Any, on_gpu: bool) -> Share | None:
+def take_share(hydra: Any, on_gpu: bool) -> None:
     """In a job of a parallel sweep (hydra = HydraConfig.get()): take its GPU (when it
     trains on one) and its threads, and say so in its log."""
     n_jobs = parallel_jobs(hydra)
     if n_jobs <= 1:
-        return None
+        return
     cuda_count = torch.cuda.device_count() if on_gpu else 0
     mine = share(int(hydra.job.num), n_jobs, os.environ, cpu_cores(), cuda_count)
     if mine.threads is not None:
@@ -80,4 +80,3 @@ def take_share(hydra: Any, on_gpu: bool) -> Share | None:
     gpu = f"GPU {mine.gpu_name}, " if mine.gpu is not None and on_gpu else ""
     log.info("job %s (%d jobs at once): %storch threads: %d", hydra.job.num, n_jobs, gpu,
              torch.get_num_threads())
-    return mine
