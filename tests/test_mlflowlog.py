@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from mnistcnn.base.config import compose_config
 from mnistcnn.base.errors import Interrupted, UserError
+from mnistcnn.base.run_folder import RunFolder
 from mnistcnn.runs import lifecycle
 from mnistcnn.tracking import mlflow_tracker
 
@@ -36,7 +37,7 @@ def config(synthetic_dir, store, *overrides):
 
 def the_run(store, run_dir):
     client = mlflow.MlflowClient(store)
-    run_id = json.loads((run_dir / mlflow_tracker.RUN_FILE).read_text())["run_id"]
+    run_id = json.loads(RunFolder(run_dir).mlflow_run.read_text())["run_id"]
     return client, client.get_run(run_id)
 
 

@@ -19,6 +19,7 @@ from mnistcnn import models
 from mnistcnn.base.config import CONF_DIR, choice, compose_config, register_configs
 from mnistcnn.base.errors import UserError, exit_with
 from mnistcnn.base.formats import amount, pct
+from mnistcnn.base.run_folder import EVALUATION, MODEL, PREDICTIONS, RunFolder
 from mnistcnn.base.run_reader import load_runs
 from mnistcnn.data import digits
 from mnistcnn.reporting import plots
@@ -110,7 +111,7 @@ def evaluate(args: list[str]) -> None:
     result = evaluate_run(opts["run"], typed_device(opts.get("device", "auto")))
     print(f"test/loss {amount(result['test/loss'], 'loss')}  test/acc {pct(result['test/acc'])}  "
           f"({result['test_size']} images, {result['device']}) -> "
-          f"{opts['run']}/evaluation.json, predictions.csv")
+          f"{opts['run']}/{EVALUATION}, {PREDICTIONS}")
 
 
 def compare(args: list[str]) -> None:
@@ -133,7 +134,7 @@ def predict(args: list[str]) -> None:
     """predict run=PATH IMAGE_OR_FOLDER ... [device=auto] [--out FILE.csv] [--show]"""
     parser = argparse.ArgumentParser(
         prog="python -m mnistcnn predict",
-        description="Classify PNG, JPEG or BMP files with a finished run's model.pt.")
+        description=f"Classify PNG, JPEG or BMP files with a finished run's {MODEL}.")
     parser.add_argument("items", nargs="+", metavar="run=PATH | IMAGE_OR_FOLDER",
                         help="run=PATH of a finished run, [device=auto|cpu|cuda], then "
                         "image files or folders of them")
@@ -192,7 +193,7 @@ def run_train(args: list[str]) -> None:
         or parsed.shell_completion
     resume_dir = single_run_resume(parsed.overrides) if not parsed.multirun else None
     if resume_dir is not None and not informational:
-        console_logging(Path(resume_dir) / "train.log")
+        console_logging(RunFolder(Path(resume_dir)).train_log)
         resume_run(resume_dir)
         return
     if not informational:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from mnistcnn.base.run_folder import RunFolder
 
 # Where the data lives, where it runs, how a run is reported, resumed, rerun or logged, what a
 # study asks: two runs that differ only in these ran the same experiment (one comparison row,
@@ -26,10 +26,10 @@ def preset_choices(path: Path, config: dict) -> dict:
     keys say together (variant=tiny_4classes_augment); groups with a node of their own
     (model, optim) are already in the config as model.name, and hydra/* choices do not
     change what is trained."""
-    hydra_file = path / ".hydra" / "hydra.yaml"
-    if not hydra_file.is_file():
+    hydra = RunFolder(path).read_hydra_record()
+    if hydra is None:
         return {}
-    choices = OmegaConf.load(hydra_file).hydra.runtime.get("choices", {})
+    choices = hydra.runtime.get("choices", {})
     return {group: choice for group, choice in choices.items()
             if "/" not in group and group not in config}
 

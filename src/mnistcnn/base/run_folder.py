@@ -1,7 +1,9 @@
-"""Atomic writes for the run folder: a crash never leaves a truncated file behind.
+"""The run folder: the names of the files a run writes (the one place they are spelled),
+`RunFolder` (a run's paths, its Hydra record, how it is shown) and the atomic writes.
 
 Each writer fills a temporary file next to the target, flushes and fsyncs it,
-then renames it over the target (rename is atomic on POSIX file systems).
+then renames it over the target (rename is atomic on POSIX file systems): a crash never
+leaves a truncated file behind.
 """
 
 from __future__ import annotations
@@ -11,13 +13,115 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from mnistcnn.base.errors import UserError
+
+# What Hydra writes in a job's folder (.hydra is its default hydra.output_subdir).
+CONFIG = ".hydra/config.yaml"  # the resolved config: what makes a folder a run folder
+HYDRA_RECORD = ".hydra/hydra.yaml"  # how the job was launched: mode, config group choices
+OVERRIDES = ".hydra/overrides.yaml"  # the job's command-line overrides
+TRAIN_LOG = "train.log"  # what the console showed (Hydra's job log, or a resume's)
+# What a run writes.
+SUMMARY = "summary.json"  # how the run went, rewritten as it starts and ends
+METRICS = "metrics.jsonl"  # one record per epoch
+LAST = "last.pt"  # the resume state, rewritten after every epoch; gone once completed
+MODEL = "model.pt"  # the kept weights with their config
+PREDICTIONS = "predictions.csv"
+CONFUSION = "confusion.csv"
+CLASSIFICATION = "classification.csv"  # the per-class report
+REPORT = "report.html"
+PLOTS = "plots"  # the report's figures, a folder
+EVALUATION = "evaluation.json"  # what `evaluate` measured again
+TENSORBOARD = "tb"  # logger=tensorboard's event files, a folder
+MLFLOW_RUN = "mlflow.json"  # logger=mlflow's {"run_id": ...}, so a resume continues it
+
+
+@dataclass
+class RunFolder:
+    path: Path
+
+    @property
+    def shown(self) -> str:
+        """The folder as seen from where the command ran: no machine paths in what is
+        printed or recorded."""
+        return os.path.relpath(self.path)
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def hydra_record(self) -> Path:
+        return self.path / HYDRA_RECORD
+
+    @property
+    def overrides(self) -> Path:
+        return self.path / OVERRIDES
+
+    @property
+    def train_log(self) -> Path:
+        return self.path / TRAIN_LOG
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    @property
+    def model(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / PREDICTIONS
+
+    @property
+    def confusion(self) -> Path:
+        return self.path / CONFUSION
+
+    @property
+    def classification(self) -> Path:
+        return self.path / CLASSIFICATION
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT
+
+    @property
+    def plots(self) -> Path:
+        return self.path / PLOTS
+
+    @property
+    def evaluation(self) -> Path:
+        return self.path / EVALUATION
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD
+
+    @property
+    def mlflow_run(self) -> Path:
+        return self.path / MLFLOW_RUN
+
+    def read_hydra_record(self) -> DictConfig | None:
+        """Hydra's record of how the run was launched (its `hydra` node: mode, config group
+        choices), or None for a run without one."""
+        path = self.hydra_record
+        return OmegaConf.load(path).hydra if path.is_file() else None
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:

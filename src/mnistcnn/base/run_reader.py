@@ -20,8 +20,7 @@ from omegaconf import OmegaConf
 from mnistcnn.base import run_folder
 from mnistcnn.base.config_keys import flatten, preset_choices
 from mnistcnn.base.errors import UserError
-
-CONFIG_FILE = Path(".hydra") / "config.yaml"  # what makes a folder a run folder
+from mnistcnn.base.run_folder import CONFIG, SUMMARY, RunFolder
 
 
 @dataclass
@@ -57,11 +56,11 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
         if not path.exists():
             raise UserError(f"{path} does not exist; pass run or sweep folders written by "
                             f"`train` (outputs/runs/..., outputs/sweeps/...)")
-        runs = [path] if (path / CONFIG_FILE).is_file() else sorted(
-            (c.parent.parent for c in path.rglob("config.yaml")
-             if c.parent.name == ".hydra" and c.parent.parent != path), key=_job_order)
+        runs = [path] if RunFolder(path).config.is_file() else sorted(
+            (c.parent.parent for c in path.rglob(CONFIG) if c.parent.parent != path),
+            key=_job_order)
         if not runs:
-            raise UserError(f"{path} holds no run folders (folders with {CONFIG_FILE}); "
+            raise UserError(f"{path} holds no run folders (folders with {CONFIG}); "
                             f"pass run or sweep folders written by `train`")
         found += [r for r in runs if r not in found]
     return found
@@ -74,12 +73,12 @@ def _job_order(path: Path) -> tuple:
 
 
 def load_run(path: Path) -> Run:
-    config = OmegaConf.to_container(OmegaConf.load(path / CONFIG_FILE), resolve=True)
-    summary_path, metrics_path = path / "summary.json", path / "metrics.jsonl"
-    summary = run_folder.read_json(summary_path) if summary_path.is_file() else {
+    folder = RunFolder(path)
+    config = OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True)
+    summary = run_folder.read_json(folder.summary) if folder.summary.is_file() else {
         "status": "missing",
-        "error": "no summary.json: the job was killed or never reached training"}
-    metrics = run_folder.read_jsonl(metrics_path) if metrics_path.is_file() else []
+        "error": f"no {SUMMARY}: the job was killed or never reached training"}
+    metrics = run_folder.read_jsonl(folder.metrics) if folder.metrics.is_file() else []
     return Run(path, {**preset_choices(path, config), **flatten(config)}, summary, metrics)
 
 

@@ -27,7 +27,8 @@ from matplotlib.figure import Figure
 from mnistcnn.base import run_folder
 from mnistcnn.base.config_keys import NOT_SETTINGS, short_key, show_value
 from mnistcnn.base.formats import ABSENT, amount, mean_std  # ABSENT: a key or metric a run lacks
-from mnistcnn.base.run_reader import CONFIG_FILE, Run
+from mnistcnn.base.run_folder import RunFolder
+from mnistcnn.base.run_reader import Run
 from mnistcnn.reporting import markup, plots
 from mnistcnn.reporting.markup import Block
 from mnistcnn.reporting.metrics import Stat, pooled
@@ -375,7 +376,7 @@ def write(comp: Comparison, out_dir: str | Path) -> list[Path]:
 
 def default_out_dir(paths: Sequence[str | Path]) -> Path:
     """A single sweep folder is rebuilt in place; anything else gets a folder of its own."""
-    if len(paths) == 1 and not (Path(paths[0]) / CONFIG_FILE).is_file():
+    if len(paths) == 1 and not RunFolder(Path(paths[0])).config.is_file():
         return Path(paths[0])
     return Path("outputs/comparisons") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from mnistcnn.base.config import choice
 from mnistcnn.base.formats import amount, pct
+from mnistcnn.base.run_folder import METRICS
 from mnistcnn.data.dataset import Data
 from mnistcnn.reporting import metrics, plots, probes
 from mnistcnn.reporting.predictions import Predictions
@@ -51,7 +52,7 @@ class RunView:
 
 def _run_curves(view: RunView, metric: str, what: str) -> Figure:
     if not view.records:
-        raise Skipped("metrics.jsonl holds no epoch")
+        raise Skipped(f"{METRICS} holds no epoch")
     test = (metrics.accuracy(view.predictions.labels, view.predictions.preds) if metric == "acc"
             else view.summary.get("test/loss"))
     shown = pct(test) if metric == "acc" else amount(test, "loss")

@@ -24,6 +24,7 @@ from mnistcnn import models
 from mnistcnn.base import run_folder
 from mnistcnn.base.config import MODEL_SCHEMAS, choice, report_settings, to_plain
 from mnistcnn.base.formats import ABSENT, number, pct
+from mnistcnn.base.run_folder import CLASSIFICATION, METRICS, PLOTS, SUMMARY, RunFolder
 from mnistcnn.data.dataset import Data
 from mnistcnn.reporting import metrics, plots
 from mnistcnn.reporting.markup import (
@@ -48,26 +49,26 @@ def write_run_files(run_dir: str | Path, cfg: DictConfig, model: nn.Module, data
     """Write confusion.csv and classification.csv, and unless report.enabled=false the
     plots and report.html, into run_dir. Returns the keys summary.json gains."""
     run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     settings = report_settings(cfg)
-    predictions = read_predictions(run_dir / "predictions.csv")
+    predictions = read_predictions(folder.predictions)
     names = data.class_names
     cm = metrics.confusion(predictions.labels, predictions.preds, len(names))
     rows = metrics.per_class(predictions.labels, predictions.preds, names)
-    write_confusion_csv(run_dir / "confusion.csv", cm, names)
-    write_classification_csv(run_dir / "classification.csv", rows)
+    write_confusion_csv(folder.confusion, cm, names)
+    write_classification_csv(folder.classification, rows)
     keys = metrics.summary_keys(rows, cm, names)
     if not settings.enabled:
         return keys
-    metrics_path = run_dir / "metrics.jsonl"
+    records = run_folder.read_jsonl(folder.metrics) if folder.metrics.is_file() else []
     view = RunView(cfg=cfg, settings=settings, label=run_label(cfg), model=model, data=data,
-                   records=run_folder.read_jsonl(metrics_path) if metrics_path.is_file() else [],
-                   predictions=predictions, confusion=cm, rows=rows,
+                   records=records, predictions=predictions, confusion=cm, rows=rows,
                    summary={**summary, **keys})
     wanted = list(settings.plots) if settings.plots is not None else list(FIGURES)
-    images, skipped = draw_figures(view, wanted, run_dir / "plots")
+    images, skipped = draw_figures(view, wanted, folder.plots)
     page_blocks = blocks(view, images, skipped, run_dir.name)
     title = f"{run_dir.name}: {view.label}"
-    run_folder.write_text(run_dir / "report.html", page(title, page_blocks))
+    run_folder.write_text(folder.report, page(title, page_blocks))
     return keys
 
 
@@ -138,10 +139,10 @@ def blocks(view: RunView, images: dict[str, bytes], skipped: dict[str, str],
     for heading, names in FIGURE_SECTIONS.items():
         out.append(Section(heading, [_figures(images, skipped, names)]))
         if heading == "Confusion matrix":
-            out.append(Section("Per-class report (classification.csv)", _per_class(view)))
-    out += [Section("Per-epoch metrics (metrics.jsonl)", _epochs(view.records)),
+            out.append(Section(f"Per-class report ({CLASSIFICATION})", _per_class(view)))
+    out += [Section(f"Per-epoch metrics ({METRICS})", _epochs(view.records)),
             Section("Layers", _layers(view)),
-            Section("Summary (summary.json)", [Table(["key", "value"], [
+            Section(f"Summary ({SUMMARY})", [Table(["key", "value"], [
                 [k, _value(k, v)] for k, v in view.summary.items()])]),
             Section("Resolved config", [Code(OmegaConf.to_yaml(to_plain(view.cfg)))])]
     return out
@@ -162,7 +163,7 @@ def findings(view: RunView, skipped: dict[str, str]) -> list[tuple[str, str]]:
         notes.append(("info", "No validation split (data.val_size=0): the curves show the "
                               "training split and the final test value only."))
     for name, reason in skipped.items():
-        notes.append(("info", f"plots/{name}.png skipped: {reason}."))
+        notes.append(("info", f"{PLOTS}/{name}.png skipped: {reason}."))
     return notes
 
 
@@ -186,9 +187,9 @@ def _figures(images: dict[str, bytes], skipped: dict[str, str], names: Sequence[
     items: list[Block] = []
     for name in names:
         if name in images:
-            items.append(Image(f"plots/{name}.png", images[name]))
+            items.append(Image(f"{PLOTS}/{name}.png", images[name]))
         elif name in skipped:
-            items.append(Paragraph(f"plots/{name}.png skipped: {skipped[name]}.", "note"))
+            items.append(Paragraph(f"{PLOTS}/{name}.png skipped: {skipped[name]}.", "note"))
     return Figures(items)
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from mnistcnn.base.formats import amount, pct
+from mnistcnn.base.run_folder import CONFUSION, REPORT
 
 log = logging.getLogger(__name__)
 
@@ -38,4 +39,4 @@ def log_class_findings(summary: dict) -> None:
     if never:
         which = f"class {never[0]} is" if len(never) == 1 else f"classes {', '.join(never)} are"
         log.warning("%s never predicted on the test set: their test images all go to "
-                    "other classes (see confusion.csv, report.html)", which)
+                    f"other classes (see {CONFUSION}, {REPORT})", which)

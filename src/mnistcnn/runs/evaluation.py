@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from mnistcnn.base import run_folder
+from mnistcnn.base.run_folder import RunFolder
 from mnistcnn.data import dataset
 from mnistcnn.reporting import run_report
 from mnistcnn.reporting.predictions import write_predictions
@@ -26,24 +27,24 @@ from mnistcnn.training.factories import make_loss
 def evaluate_run(run_dir: str | Path, device_name: str = "auto") -> dict:
     """Re-evaluate a finished run on its test set from model.pt and its saved config."""
     run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     device = resolve_device(device_name)
     model, cfg, ckpt = load_run_model(run_dir, device)
     data = dataset.load(cfg.data, device, cfg.seed)
     data = dataclasses.replace(data, mean=ckpt["mean"], std=ckpt["std"])
     loss, acc, logits = evaluate(model, data.test, data, make_loss(cfg.loss, data.num_classes),
                                  cfg.trainer.eval_batch_size, cfg.trainer.precision)
-    write_predictions(run_dir / "predictions.csv", data.test.labels, logits)
+    write_predictions(folder.predictions, data.test.labels, logits)
     result = {"test/loss": loss, "test/acc": acc, "test_size": len(data.test),
               "device": str(device), "evaluated": run_folder.utc_now()}
-    summary_path = run_dir / "summary.json"
-    summary = run_folder.read_json(summary_path) if summary_path.is_file() else {}
+    summary = run_folder.read_json(folder.summary) if folder.summary.is_file() else {}
     # The report shows this evaluation; summary.json keeps its training-time test numbers
     # and only gains the per-class keys, so runs from before the report have them too.
     keys = run_report.write_run_files(run_dir, cfg, model, data, {**summary, **result})
     result.update(keys)
-    run_folder.write_json(run_dir / "evaluation.json", result)
+    run_folder.write_json(folder.evaluation, result)
     if summary:
-        run_folder.write_json(summary_path, {**summary, **keys})
+        run_folder.write_json(folder.summary, {**summary, **keys})
     log_class_findings(result)
     return result
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -23,6 +21,7 @@ from mnistcnn.base import provenance, run_folder
 from mnistcnn.base.config import read_saved_config, saved_config
 from mnistcnn.base.errors import Diverged, Interrupted, UserError
 from mnistcnn.base.formats import amount, pct
+from mnistcnn.base.run_folder import CONFIG, LAST, RunFolder
 from mnistcnn.base.signals import StopOnSignal
 from mnistcnn.data import dataset
 from mnistcnn.reporting import run_report
@@ -42,29 +41,6 @@ from mnistcnn.training.device import place_model, resolve_device, seed_everythin
 from mnistcnn.training.engine import Training, evaluate, fit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunFolder:
-    path: Path
-
-    @property
-    def shown(self) -> str:
-        """The folder as seen from where the command ran: no machine paths in what is
-        printed or recorded."""
-        return os.path.relpath(self.path)
-
-    @property
-    def summary(self) -> Path:
-        return self.path / "summary.json"
-
-    @property
-    def last(self) -> Path:  # the resume state, rewritten after every epoch
-        return self.path / "last.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
 
 
 def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -164,8 +140,8 @@ def finish(cfg: DictConfig, folder: RunFolder, data: dataset.Data, training: Tra
     model, records = training.model, training.records
     test_loss, test_acc, logits = evaluate(model, data.test, data, training.loss_fn,
                                            cfg.trainer.eval_batch_size, cfg.trainer.precision)
-    write_predictions(folder.path / "predictions.csv", data.test.labels, logits)
-    save_checkpoint(folder.path / "model.pt", model, cfg, data)
+    write_predictions(folder.predictions, data.test.labels, logits)
+    save_checkpoint(folder.model, model, cfg, data)
     summary.update({f"final/{k}": v for k, v in records[-1].items()
                     if k in ("train/loss", "train/acc", "val/loss", "val/acc")})
     summary.update({"test/loss": test_loss, "test/acc": test_acc, "epochs": len(records),
@@ -207,15 +183,14 @@ def record_end(error: BaseException, folder: RunFolder, summary: dict) -> None:
 
 def resume_run(run_dir: str | Path) -> dict:
     """`train resume=PATH`: continue a run in its own folder with its saved config."""
-    run_dir = Path(run_dir)
-    state_path, config_path = run_dir / "last.pt", run_dir / ".hydra" / "config.yaml"
-    if state_path.is_file():
-        cfg = saved_config(safe_load(state_path, "an mnistcnn resume checkpoint")["config"])
-    elif config_path.is_file():  # stopped before its first epoch ended: start it again
-        cfg = saved_config(read_saved_config(config_path, "restore it, or start the run "
+    folder = RunFolder(Path(run_dir))
+    if folder.last.is_file():
+        cfg = saved_config(safe_load(folder.last, "an mnistcnn resume checkpoint")["config"])
+    elif folder.config.is_file():  # stopped before its first epoch ended: start it again
+        cfg = saved_config(read_saved_config(folder.config, "restore it, or start the run "
                                              "again with `train`"))
     else:
-        raise UserError(f"{run_dir} is not a run folder (no last.pt or .hydra/config.yaml); "
+        raise UserError(f"{folder.path} is not a run folder (no {LAST} or {CONFIG}); "
                         f"pass resume=PATH of a folder written by `train`")
     cfg.resume = True
-    return train_run(cfg, run_dir)
+    return train_run(cfg, folder.path)

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnistcnn.base import provenance, run_folder
 from mnistcnn.base.config import CONF_DIR, read_saved_config
 from mnistcnn.base.errors import UserError
+from mnistcnn.base.run_folder import CONFIG, RunFolder
 
 # Groups whose option is a node of the config (model: {name: tiny, ...}): their saved
 # values need the matching option's schema. Every other group (experiment, variant,
@@ -51,9 +52,9 @@ def expand(args: list[str]) -> list[str]:
     run = rerun_dir(args)
     if run is None:
         return args
-    config_path = Path(run) / ".hydra" / "config.yaml"
+    config_path = RunFolder(Path(run)).config
     if not config_path.is_file():
-        raise UserError(f"{run} is not a run folder (no .hydra/config.yaml); pass "
+        raise UserError(f"{run} is not a run folder (no {CONFIG}); pass "
                         f"rerun=PATH of a folder written by `train`")
     chosen = {group_of(a) for a in args} - {None}
     others = sorted(chosen - set(NODE_GROUPS))
@@ -85,7 +86,7 @@ def default_options() -> dict[str, str]:
 
 
 def warn_if_code_differs(run: Path) -> None:
-    summary_path = run / "summary.json"
+    summary_path = RunFolder(run).summary
     recorded = run_folder.read_json(summary_path) if summary_path.is_file() else {}
     changed = provenance.differences(recorded)
     if changed:

@@ -23,6 +23,7 @@ from mnistcnn.base import run_folder
 from mnistcnn.base.config_keys import NOT_SETTINGS, short_key, show_value
 from mnistcnn.base.errors import UserError
 from mnistcnn.base.formats import ABSENT, duration, mean_std
+from mnistcnn.base.run_folder import RunFolder
 from mnistcnn.base.run_reader import Run, load_runs
 from mnistcnn.reporting import comparison, markup, plots
 from mnistcnn.reporting.comparison import Comparison, Row
@@ -139,7 +140,7 @@ def class_recall(row: Row) -> tuple[tuple[str, ...], dict[str, Stat]]:
     names: tuple[str, ...] = ()
     values: dict[str, list[float]] = {}
     for run in row.runs:
-        path = run.path / "classification.csv"
+        path = RunFolder(run.path).classification
         if not path.is_file():
             continue
         lines = [r for r in csv.DictReader(path.open()) if not r["class"].endswith(" avg")]

@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnistcnn.base import run_folder
 from mnistcnn.base.config import compose_config
+from mnistcnn.base.run_folder import RunFolder
 from mnistcnn.data import dataset
 
 CALIBRATION_IMAGES = 512  # training images per calibration epoch
@@ -76,8 +77,9 @@ class Rates:
 
 def rates_of(run_dir: Path, wall_s: float, sizes: Sizes) -> Rates:
     """The rates of a finished calibration run in run_dir (wall_s: its whole time)."""
-    summary = run_folder.read_json(run_dir / "summary.json")
-    epochs = run_folder.read_jsonl(run_dir / "metrics.jsonl")
+    folder = RunFolder(run_dir)
+    summary = run_folder.read_json(folder.summary)
+    epochs = run_folder.read_jsonl(folder.metrics)
     fixed = max(wall_s - summary["train_time_s"], 0.0)
     eval_s = max(fixed - summary.get("data_load_s", 0.0), 0.0) / max(sizes.test, 1)
     timed = min(e["epoch_time_s"] for e in epochs[1:] or epochs) - sizes.val * eval_s

@@ -31,6 +31,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mnistcnn.base import provenance, run_folder
 from mnistcnn.base.errors import FAILED_RUNS_EXIT, UserError, exit_with
 from mnistcnn.base.formats import duration, sample_size
+from mnistcnn.base.run_folder import CONFIG, REPORT, SUMMARY
 from mnistcnn.base.signals import stop_signals_to
 from mnistcnn.runs.preflight import check_overrides, sweep_jobs
 from mnistcnn.studies import book, calibration, publish, questions, study_files
@@ -67,7 +68,7 @@ def parse(args: list[str]) -> argparse.Namespace:
                              "seed sweep); on an existing --out DIR only the runs it lacks "
                              "are trained, so a finished book grows by the new seeds")
     parser.add_argument("--reports", action="store_true",
-                        help="also write every run's report.html and plots (off by default)")
+                        help=f"also write every run's {REPORT} and plots (off by default)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print every study's arms x seeds, the runs already complete in "
                              "--out DIR, a time estimate (from finished runs of the same arm, "
@@ -162,7 +163,7 @@ def count_ended(folder: Path, since: float) -> int:
     one, and those that failed, diverged or were interrupted at or after `since` (a
     time.time()); older ones are about to run again in a resumed book."""
     ended = 0
-    for path in folder.glob("*/summary.json"):
+    for path in folder.glob(f"*/{SUMMARY}"):
         try:
             status = run_folder.read_json(path).get("status")
             ended += status == "completed" or (status in ENDED and
@@ -350,7 +351,7 @@ def book_names(out: Path, studies: Sequence[StudyFile], record: dict) -> list[st
         return [s.name for s in studies]
     recorded = list(record.get("studies", {}))
     return recorded or sorted(p.name for p in out.iterdir()
-                              if p.is_dir() and any(p.glob("*/.hydra/config.yaml")))
+                              if p.is_dir() and any(p.glob(f"*/{CONFIG}")))
 
 
 def write_book(out: Path, names: Sequence[str], opts: argparse.Namespace) -> book.Book:

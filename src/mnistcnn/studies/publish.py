@@ -23,14 +23,22 @@ from omegaconf import OmegaConf
 
 from mnistcnn.base import run_folder
 from mnistcnn.base.errors import UserError
+from mnistcnn.base.run_folder import (
+    CLASSIFICATION,
+    CONFIG,
+    HYDRA_RECORD,
+    METRICS,
+    OVERRIDES,
+    SUMMARY,
+    RunFolder,
+)
 from mnistcnn.base.run_reader import find_runs
 from mnistcnn.reporting import comparison
 from mnistcnn.studies import book
 
-COPIED = (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.jsonl", "classification.csv")
-HYDRA_RECORD = Path(".hydra") / "hydra.yaml"
+COPIED = (CONFIG, OVERRIDES, METRICS, CLASSIFICATION)
 PRIVATE = ("host",)  # summary.json keys that name the machine, not the run
-WRITTEN = {Path(n).name for n in COPIED} | {"summary.json", HYDRA_RECORD.name,
+WRITTEN = {Path(n).name for n in COPIED} | {SUMMARY, Path(HYDRA_RECORD).name,
                                              *comparison.FIGURES}  # all a publish leaves
 
 
@@ -52,15 +60,17 @@ def copy_run(run: Path, target: Path) -> None:
         if (run / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(run / name, target / name)
-    if (run / "summary.json").is_file():
-        summary = run_folder.read_json(run / "summary.json")
-        run_folder.write_json(target / "summary.json",
+    source, copy = RunFolder(run), RunFolder(target)
+    if source.summary.is_file():
+        summary = run_folder.read_json(source.summary)
+        run_folder.write_json(copy.summary,
                               {k: v for k, v in summary.items() if k not in PRIVATE})
-    if (run / HYDRA_RECORD).is_file():
-        choices = OmegaConf.load(run / HYDRA_RECORD).hydra.runtime.get("choices", {})
+    hydra = source.read_hydra_record()
+    if hydra is not None:
+        choices = hydra.runtime.get("choices", {})
         record = {"hydra": {"runtime": {"choices": OmegaConf.to_container(choices)}}}
-        (target / HYDRA_RECORD).parent.mkdir(parents=True, exist_ok=True)
-        run_folder.write_text(target / HYDRA_RECORD, OmegaConf.to_yaml(record))
+        copy.hydra_record.parent.mkdir(parents=True, exist_ok=True)
+        run_folder.write_text(copy.hydra_record, OmegaConf.to_yaml(record))
 
 
 def copy_small_files(book_dir: Path, names: Sequence[str], dest: Path) -> None:

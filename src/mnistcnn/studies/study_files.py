@@ -27,6 +27,7 @@ from mnistcnn.base import run_folder
 from mnistcnn.base.config import CONF_DIR, compose_config
 from mnistcnn.base.config_keys import NOT_SETTINGS, flatten, show_value
 from mnistcnn.base.errors import UserError, yaml_problem
+from mnistcnn.base.run_folder import SUMMARY, RunFolder
 from mnistcnn.base.run_reader import wall_seconds
 from mnistcnn.runs.preflight import sweep_jobs
 from mnistcnn.studies.questions import KINDS, is_numeric, same_level
@@ -235,7 +236,7 @@ def arm_of(key: frozenset) -> frozenset:
 
 def recorded_key(job_dir: Path) -> frozenset | None:
     """The job key of a job folder, from the overrides Hydra recorded for it."""
-    path = job_dir / ".hydra" / "overrides.yaml"
+    path = RunFolder(job_dir).overrides
     try:
         return job_key(yaml.safe_load(path.read_text()) or []) if path.is_file() else None
     except (OSError, ValueError, yaml.YAMLError):
@@ -246,7 +247,7 @@ def finished_runs(folder: Path) -> dict[frozenset, float]:
     """{job key: run duration (s)} of the completed runs in a study folder, keyed by the
     overrides Hydra recorded for each job (.hydra/overrides.yaml)."""
     found: dict[frozenset, float] = {}
-    for summary_path in folder.glob("*/summary.json") if folder.is_dir() else []:
+    for summary_path in folder.glob(f"*/{SUMMARY}") if folder.is_dir() else []:
         key = recorded_key(summary_path.parent)
         try:
             summary = run_folder.read_json(summary_path)

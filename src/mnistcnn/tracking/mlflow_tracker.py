@@ -22,21 +22,21 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mnistcnn.base import provenance, run_folder
 from mnistcnn.base.config import to_plain
 from mnistcnn.base.config_keys import preset_choices, settings
 from mnistcnn.base.errors import UserError
+from mnistcnn.base.run_folder import CONFIG, METRICS, PLOTS, REPORT, SUMMARY, RunFolder
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "mlflow.json"  # {"run_id": ...} in the run folder
 # summary.json status -> MLflow run status
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "diverged": "FAILED",
           "interrupted": "KILLED"}
 # The run folder's files uploaded as artifacts when they exist (model.pt on request).
-ARTIFACTS = ("summary.json", "report.html", "metrics.jsonl", ".hydra/config.yaml")
+ARTIFACTS = (SUMMARY, REPORT, METRICS, CONFIG)
 SQLITE = "sqlite:///"
 # summary.json numbers that are no final metric: the seed is a param, and a diverged run's
 # epoch, batch and lr say where it stopped (lr is a per-epoch curve already).
@@ -118,12 +118,6 @@ def relative(path: Path) -> str:
     return os.path.relpath(path.resolve(), Path.cwd())
 
 
-def hydra_record(run_dir: Path) -> DictConfig | None:
-    """Hydra's record of how the run was launched (mode, group choices), if it has one."""
-    path = run_dir / ".hydra" / "hydra.yaml"
-    return OmegaConf.load(path).hydra if path.is_file() else None
-
-
 def experiment_name(cfg: DictConfig, run_dir: Path) -> str:
     """logger.experiment, else the folder holding the run: a sweep's (or study's) folder
     for its jobs, outputs/runs for single runs."""
@@ -140,7 +134,7 @@ def params(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
 
 
 def tags(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
-    hydra = hydra_record(run_dir)
+    hydra = RunFolder(run_dir).read_hydra_record()
     out = {"status": "running", "seed": str(cfg.seed), "run_dir": relative(run_dir),
            **{f"code.{k}": str(v) for k, v in provenance.record().items()}}
     if provenance.record()["git_commit"]:
@@ -174,18 +168,18 @@ class MLflowLog:
         self.errors = (MlflowException, OSError)
         self.cfg, self.run_dir = cfg, run_dir
         self.client = client(cfg.logger.tracking_uri)
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.folder = RunFolder(run_dir)
         self.run_id = self.continued_run() if cfg.get("resume") else None
         if self.run_id is None:
             self.run_id = self.new_run()
-            run_folder.write_json(run_dir / RUN_FILE, {"run_id": self.run_id})
+            run_folder.write_json(self.folder.mlflow_run, {"run_id": self.run_id})
         # The last epoch the store has: a resumed run logs from the one after.
         history = self.client.get_metric_history(self.run_id, "train/loss")
         self.logged = max((m.step for m in history), default=0)
 
     def continued_run(self) -> str | None:
         """The MLflow run of an earlier attempt of this run folder, set running again."""
-        path = self.run_dir / RUN_FILE
+        path = self.folder.mlflow_run
         if not path.is_file():
             return None
         run_id = run_folder.read_json(path)["run_id"]
@@ -228,7 +222,7 @@ class MLflowLog:
         store misses (trained before the stop, logged by no one) come first from the file."""
         records = [record]
         if record["epoch"] > self.logged + 1:
-            records = [r for r in run_folder.read_jsonl(self.metrics_path)
+            records = [r for r in run_folder.read_jsonl(self.folder.metrics)
                        if self.logged < r["epoch"] <= record["epoch"]]
         self.guarded(f"epoch {record['epoch']}", self.log_epochs, records)
 
@@ -245,9 +239,9 @@ class MLflowLog:
         self.guarded("the end of the run", self.end, summary)
 
     def end(self, summary: dict) -> None:
-        missing = [r for r in run_folder.read_jsonl(self.metrics_path)
+        missing = [r for r in run_folder.read_jsonl(self.folder.metrics)
                    if r["epoch"] > self.logged] \
-            if self.metrics_path.is_file() else []
+            if self.folder.metrics.is_file() else []
         if missing:
             self.log_epochs(missing)
         step = summary.get("epochs") or self.logged
@@ -264,10 +258,10 @@ class MLflowLog:
         for name in ARTIFACTS:
             if (self.run_dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(self.run_dir / name))
-        if (self.run_dir / "plots").is_dir():
-            self.client.log_artifacts(self.run_id, str(self.run_dir / "plots"), "plots")
-        if self.cfg.logger.log_model and (self.run_dir / "model.pt").is_file():
-            self.client.log_artifact(self.run_id, str(self.run_dir / "model.pt"))
+        if self.folder.plots.is_dir():
+            self.client.log_artifacts(self.run_id, str(self.folder.plots), PLOTS)
+        if self.cfg.logger.log_model and self.folder.model.is_file():
+            self.client.log_artifact(self.run_id, str(self.folder.model))
 
     def guarded(self, what: str, action, *args: Any) -> None:
         """The run folder is the record: a store that fails is a warning, not a lost run."""

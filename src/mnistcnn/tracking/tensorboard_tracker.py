@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 from mnistcnn.base.config import to_plain
 from mnistcnn.base.config_keys import settings
 from mnistcnn.base.errors import UserError
+from mnistcnn.base.run_folder import RunFolder
 
-TB_DIR = "tb"
 # summary.json keys shown as the HParams tab's metrics, when the run has them.
 FINAL_METRICS = ("test/acc", "test/loss", "final/train/acc", "final/train/loss", "final/val/acc",
                  "final/val/loss", "epochs", "best_epoch", "train_time_s")
@@ -47,7 +47,7 @@ class TensorBoardLog:
 
         # purge_step: a resumed run hides the epochs logged after its last checkpoint, which
         # it trains again, so each epoch appears once.
-        self.writer = SummaryWriter(log_dir=str(run_dir / TB_DIR),
+        self.writer = SummaryWriter(log_dir=str(RunFolder(run_dir).tensorboard),
                                     purge_step=first_epoch if first_epoch > 1 else None)
 
     def epoch(self, record: dict) -> None:

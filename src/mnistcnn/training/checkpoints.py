@@ -13,6 +13,7 @@ from mnistcnn import models
 from mnistcnn.base import run_folder
 from mnistcnn.base.config import saved_config, to_plain
 from mnistcnn.base.errors import UserError
+from mnistcnn.base.run_folder import MODEL, RunFolder
 from mnistcnn.data.dataset import Data
 from mnistcnn.training.device import cpu_copy, place_model
 
@@ -46,12 +47,12 @@ def load_training_state(path: Path) -> dict | None:
 
 
 def load_checkpoint(run_dir: Path) -> dict:
-    path = run_dir / "model.pt"
+    path = RunFolder(run_dir).model
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} does not exist; pass run=PATH of a folder written by "
                         f"`train` (outputs/runs/...)")
     if not path.is_file():
-        raise UserError(f"{run_dir} is not a finished run (no model.pt); "
+        raise UserError(f"{run_dir} is not a finished run (no {MODEL}); "
                         f"pass run=PATH of a folder written by `train`")
     return safe_load(path, "an mnistcnn checkpoint; pass a run folder written by `train`")
 
@@ -65,6 +66,6 @@ def load_run_model(run_dir: Path, device: torch.device
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise UserError(f"{run_dir / 'model.pt'} does not match its config's model "
+        raise UserError(f"{RunFolder(run_dir).model} does not match its config's model "
                         f"({cfg.model.name}); the checkpoint is from a different model") from e
     return model, cfg, ckpt
