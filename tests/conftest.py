@@ -15,9 +15,16 @@ import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# One torch thread, here and in every process a test starts (they inherit the variable),
+# unless the caller chose otherwise. On a 2-core machine that other processes share (the
+# suite's own subprocesses, other people), torch's default of one spinning OpenMP thread
+# per core makes small CPU trainings 3-10x slower; one thread loses little when idle.
+# Set before torch is imported: OpenMP reads it once.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = os.environ.get("MNISTCNN_DATA_DIR")
@@ -78,8 +85,8 @@ def real_mnist_run(tmp_path_factory) -> Path:
     if not REAL_MNIST:
         pytest.skip("MNISTCNN_DATA_DIR is not set")
     run = tmp_path_factory.mktemp("real_mnist") / "run"
-    result = run_cli("train", "model=classic", "trainer.epochs=1", "report.enabled=false",
-                     f"hydra.run.dir={run}", timeout=900)  # a real epoch on a busy machine
+    result = run_main("train", "model=classic", "trainer.epochs=1", "report.enabled=false",
+                      f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr
     return run
 
@@ -89,11 +96,13 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     """Run `python -m mnistcnn ARGS` as a user would, capturing its output."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset it
     return subprocess.run([sys.executable, "-m", "mnistcnn", *args], cwd=cwd or ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def run_main(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_main(*args: str, cwd: Path | None = None,
+             env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m mnistcnn ARGS` through its entry point in this process, as run_cli does
     in a child, and return the same kind of result: exit code, stdout, stderr. Fast (torch and
     Hydra are imported once), so most CLI tests use it; the state a command leaves in the
@@ -109,7 +118,9 @@ def run_main(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     argv, here, full_error = sys.argv[:], os.getcwd(), os.environ.pop("HYDRA_FULL_ERROR", None)
     out, err = io.StringIO(), io.StringIO()
     code = 0
+    saved_env = {k: os.environ.get(k) for k in (env or {})}
     try:
+        os.environ.update(env or {})
         os.chdir(cwd or ROOT)
         sys.argv = ["mnistcnn"]  # `train` hands its arguments on to Hydra in sys.argv
         with warnings.catch_warnings(), redirect_stdout(out), redirect_stderr(err):
@@ -128,10 +139,30 @@ def run_main(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
         root.setLevel(level)
         sys.argv = argv
         os.chdir(here)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         os.environ.pop("HYDRA_FULL_ERROR", None)
         if full_error is not None:
             os.environ["HYDRA_FULL_ERROR"] = full_error
     return subprocess.CompletedProcess(["mnistcnn", *args], code, out.getvalue(), err.getvalue())
+
+
+# A valid 1x1 PNG: what plots.to_png returns under `no_png_encoding`.
+TINY_PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010800000000"
+                         "3a7e9b550000000a49444154789c63600000000200015d0b2a3a0000000049454e44ae426082")
+
+
+@pytest.fixture
+def no_png_encoding(monkeypatch):
+    """Figures are built (their titles, names and the pages that refer to them are the real
+    ones) but not rendered to PNG, which is most of a figure's cost; for tests of books and
+    pages, not of the pictures (test_plots.py and test_report.py check those)."""
+    from mnistcnn.reporting import plots
+
+    monkeypatch.setattr(plots, "to_png", lambda fig, *a, **k: TINY_PNG)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_dataset, run_cli, run_main
+from conftest import make_dataset, run_main
 
 RUN_FILES = [".hydra/config.yaml", "metrics.jsonl", "summary.json", "predictions.csv", "model.pt"]
 
@@ -100,8 +100,8 @@ def test_small_multirun_puts_each_job_in_the_sweep_folder(synthetic_dir, tmp_pat
 
 
 def test_summary_and_cfg_job_need_no_data(tmp_path):
-    result = run_cli("summary", "model=mobilenet", cwd=tmp_path,
-                     env={"MNISTCNN_DATA_DIR": "/nonexistent"})
+    result = run_main("summary", "model=mobilenet", cwd=tmp_path,
+                      env={"MNISTCNN_DATA_DIR": "/nonexistent"})
     assert result.returncode == 0 and "total params:" in result.stdout
     result = run_main("train", "--cfg", "job", "model=keras", cwd=tmp_path)
     assert result.returncode == 0 and "conv_layers: 2" in result.stdout

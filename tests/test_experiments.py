@@ -8,7 +8,7 @@ import itertools
 import sys
 
 import pytest
-from conftest import run_cli
+from conftest import run_main
 
 from mnistcnn import cli
 from mnistcnn.base.config import CONF_DIR, compose_config
@@ -85,11 +85,10 @@ def test_the_tiny_study_arms():
     assert arm("tiny_4classes").trainer.batch_size == 20
 
 
-@pytest.mark.slow
 def test_a_preset_runs_with_its_quick_switch(synthetic_dir, tmp_path):
-    result = run_cli("train", "-m", "+experiment=pooling", "quick=on", f"data.dir={synthetic_dir}",
-                     "data.val_size=200", "report.enabled=false", f"hydra.sweep.dir={tmp_path}",
-                     env={"OMP_NUM_THREADS": "1"})
+    result = run_main("train", "-m", "+experiment=pooling", "quick=on",
+                      f"data.dir={synthetic_dir}", "data.val_size=200", "report.enabled=false",
+                      f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader((tmp_path / "comparison.csv").open()))
     assert sorted(r["model.pool"] for r in rows) == ["avg", "max"]

@@ -11,7 +11,7 @@ import weakref
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_main
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -521,16 +521,16 @@ def test_the_graphed_loop_trains_as_the_eager_loop_does(optim, sched, synthetic_
     """On the CPU, the graphed loop's logic (warm-up, capture, tensors refreshed from the
     schedule, replays) against the plain loop with the same optimizer flags: the same
     training, up to float32 hyperparameters, and the steps are counted."""
-    overrides = [f"optim={optim}", f"sched={sched}"]
+    overrides = [f"optim={optim}", f"sched={sched}", "data.limit=520"]
     released = []
     monkeypatch.setattr(ReplayEagerly, "release",
                         lambda self, after_error=False: released.append(self.replays) or
                         cuda_graph.CudaGraphStep.release(self, after_error))
     graph, paths = fit_cpu(synthetic_dir, *overrides, graphed=True)
-    # 1,800 training images: 28 full batches of 64 an epoch and a ragged one (eager)
+    # 520 training images: 8 full batches of 64 an epoch and a ragged one (eager)
     assert paths[-1] == {"train_path": "cuda_graph",
-                         "graph_replays": 2 * 28 - cuda_graph.WARMUP_STEPS}
-    assert released == [2 * 28 - cuda_graph.WARMUP_STEPS]
+                         "graph_replays": 2 * 8 - cuda_graph.WARMUP_STEPS}
+    assert released == [2 * 8 - cuda_graph.WARMUP_STEPS]
     monkeypatch.setattr(engine, "CudaGraphStep", lambda step, opt, reads, required: None)
     eager, paths = fit_cpu(synthetic_dir, *overrides, graphed=True)
     assert paths[-1] == {"train_path": "eager", "train_path_reason": None}
@@ -568,10 +568,10 @@ def test_a_cpu_run_records_that_it_trained_eagerly_and_why(synthetic_dir):
 
 
 def test_cuda_graph_true_on_a_cpu_is_one_line_and_exit_2(synthetic_dir, tmp_path):
-    result = run_cli("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
-                     "trainer.epochs=1", "trainer.device=cpu", "trainer.cuda_graph=true",
-                     "report.enabled=false",
-                     f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_main("train", "model=tiny", f"data.dir={synthetic_dir}", "data.val_size=200",
+                      "trainer.epochs=1", "trainer.device=cpu", "trainer.cuda_graph=true",
+                      "report.enabled=false",
+                      f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: trainer.cuda_graph=true but CUDA graphs need a GPU and this run trains on cpu; "

@@ -82,7 +82,7 @@ def test_a_joblib_sweep_logs_each_jobs_share(synthetic_dir, tmp_path):
                      "model=tiny", "data.limit=300", "trainer.epochs=1", "trainer.device=cpu",
                      "report.enabled=false", "seed=0,1", "hydra/launcher=joblib",
                      "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}",
-                     env={"CUDA_VISIBLE_DEVICES": ""})
+                     env={"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": None})
     assert result.returncode == 0, result.stderr
     logs = sorted(tmp_path.glob("*/train.log"))
     assert len(logs) == 2

@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import REAL_MNIST, run_cli, run_main
+from conftest import REAL_MNIST, run_main
 from PIL import Image
 
 from mnistcnn.data import digits
@@ -162,8 +162,8 @@ def test_predict_prints_writes_and_shows_and_skips_bad_inputs(grouped_run, synth
 
 def test_predict_with_nothing_readable_is_one_line_and_exit_2(grouped_run, tmp_path):
     (tmp_path / "a.png").write_text("text")
-    result = run_cli("predict", f"run={grouped_run}", str(tmp_path / "a.png"),
-                     str(tmp_path / "nothing"))
+    result = run_main("predict", f"run={grouped_run}", str(tmp_path / "a.png"),
+                      str(tmp_path / "nothing"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 3 and lines[-1].startswith("error: no digit could be read")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import run_main
 from omegaconf import OmegaConf
 
 from mnistcnn.base import provenance
@@ -68,20 +68,19 @@ def epochs(run_dir):
             for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow  # two CLI runs: ~60 s on a busy 2-core machine
 def test_rerun_of_a_cpu_run_gives_the_same_numbers_and_says_when_the_code_differs(
         synthetic_dir, tmp_path):
     first, again = tmp_path / "first", tmp_path / "again"
-    result = run_cli("train", f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny",
-                     "data.limit=500", "trainer.epochs=2", "trainer.device=cpu", "seed=7",
-                     "report.enabled=false", f"hydra.run.dir={first}")
+    result = run_main("train", f"data.dir={synthetic_dir}", "data.val_size=200", "model=tiny",
+                      "data.limit=500", "trainer.epochs=2", "trainer.device=cpu", "seed=7",
+                      "report.enabled=false", f"hydra.run.dir={first}")
     assert result.returncode == 0, result.stderr
     summary = json.loads((first / "summary.json").read_text())
     assert {k: summary[k] for k in provenance.record()} == provenance.record()
     # As if made by another commit: the rerun says so in one line, and runs all the same.
     (first / "summary.json").write_text(json.dumps(dict(summary, git_commit="0" * 40)))
 
-    result = run_cli("train", f"rerun={first}", f"hydra.run.dir={again}")
+    result = run_main("train", f"rerun={first}", f"hydra.run.dir={again}")
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and f"git_commit {'0' * 12} -> " in warnings[0]

@@ -21,7 +21,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, make_dataset, run_cli, run_main
+from conftest import ROOT, make_dataset, run_main
 
 from mnistcnn.base import errors, run_folder
 from mnistcnn.base.config import compose_config
@@ -52,7 +52,7 @@ def bigger_dir(tmp_path_factory):
 def reference(bigger_dir, tmp_path_factory):
     """An uninterrupted run of train_args (seed 0) for interrupted ones to be held against."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    result = run_cli(*train_args(bigger_dir, run_dir))
+    result = run_main(*train_args(bigger_dir, run_dir))  # in this process: nothing to signal
     assert result.returncode == 0, result.stderr
     return run_dir
 
@@ -139,7 +139,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(bigger_dir, r
     assert epochs_written(killed) == 1
     assert torch.load(killed / "last.pt", weights_only=True)["epoch"] == 1
     assert json.loads((killed / "summary.json").read_text())["status"] == "running"
-    result = run_cli("train", f"resume={killed}")
+    result = run_main("train", f"resume={killed}")
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stdout
     assert run_files(killed) == run_files(reference)
@@ -187,11 +187,11 @@ def test_sigterm_records_the_resume_command_and_it_completes_the_run(bigger_dir,
     assert summary["resume"] == f"python -m mnistcnn train resume={os.path.relpath(run_dir, ROOT)}"
     assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 1
     _python, _m, _module, *args = shlex.split(summary["resume"])
-    result = run_cli(*args)
+    result = run_main(*args)
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     assert epochs_written(run_dir) == 2
-    again = run_cli(*args)
+    again = run_main(*args)
     assert again.returncode == 0 and "already completed" in again.stdout
 
 
@@ -268,7 +268,7 @@ def test_sweep_resume_skips_completed_and_continues_the_interrupted_job(bigger_d
     assert not (sweep / "comparison.md").exists()
     completed = json.loads((first / "summary.json").read_text())
 
-    result = run_cli(*args, "resume=true")
+    result = run_main(*args, "resume=true")
     assert result.returncode == 0, result.stderr
     assert "already completed" in result.stdout and "resuming" in result.stdout
     assert json.loads((first / "summary.json").read_text()) == completed  # untouched

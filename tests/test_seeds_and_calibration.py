@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import run_cli, run_main
+from conftest import run_main
 
 from mnistcnn.base.errors import UserError
 from mnistcnn.studies import calibration, command, study_files
@@ -298,12 +298,12 @@ def test_more_seeds_on_a_book_train_only_the_new_seeds(synthetic_dir, tmp_path):
     out = tmp_path / "book"
     args = ["studies", "pooling", "--quick", f"data.dir={synthetic_dir}", "data.val_size=100",
             "data.limit=64", "trainer.device=cpu", "--out", str(out)]
-    first = run_cli(*args, "--seeds", "3")
+    first = run_main(*args, "--seeds", "3")  # its `train -m` children are real processes
     assert first.returncode == 0, first.stderr
     runs = {p.parent.name.split("_", 1)[1]: (p.read_text(), p.stat().st_mtime_ns)
             for p in (out / "pooling").glob("*/summary.json")}
     assert len(runs) == 6
-    second = run_cli(*args, "--seeds", "5")
+    second = run_main(*args, "--seeds", "5")
     assert second.returncode == 0, second.stderr
     assert "pooling: 3 earlier run folder(s) renamed" in second.stderr
     assert "[10/10 runs]" in second.stderr

@@ -106,7 +106,7 @@ def test_val_monitor_without_val_split_is_one_line_before_any_run_folder(tmp_pat
 # ----------------------------------------------------------------------------- the loop
 def training_of(folder, *overrides, resume=None) -> engine.Training:
     cfg = compose_config([f"data.dir={folder}", "data.val_size=200", "model=tiny",
-                          "trainer.epochs=10", *overrides])
+                          "data.limit=300", "trainer.epochs=10", *overrides])
     seed_everything(cfg.seed)
     data = dataset.load(cfg.data, "cpu", cfg.seed)
     return engine.Training(models.build(cfg.model, 10), data, cfg,
@@ -170,7 +170,7 @@ def test_a_resumed_run_that_had_stopped_trains_no_more(synthetic_dir, tmp_path):
 
 
 def test_target_stops_the_loop_at_the_epoch_that_reached_it(synthetic_dir):
-    records, stopper = fit(synthetic_dir, "trainer.early_stop.target=0.5")
+    records, stopper = fit(synthetic_dir, "data.limit=null", "trainer.early_stop.target=0.5")
     reached = [r["epoch"] for r in records if r["val/acc"] >= 0.5]
     assert reached == [records[-1]["epoch"]] and len(records) < 10
     assert stopper.target_epoch == records[-1]["epoch"]
@@ -208,7 +208,7 @@ def test_plateau_in_the_loop_halves_the_rate_exactly_when_the_monitor_stalls(syn
 # ----------------------------------------------------------------------------- whole runs
 def train(run_dir, data_dir, *overrides):
     return run_main("train", f"data.dir={data_dir}", "data.val_size=200", "model=tiny",
-                    "trainer.device=cpu", "report.plots=[loss,accuracy]",
+                    "data.limit=300", "trainer.device=cpu", "report.plots=[loss,accuracy]",
                     f"hydra.run.dir={run_dir}", *overrides)
 
 

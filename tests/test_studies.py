@@ -15,13 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli, run_main
+from conftest import ROOT, run_main
 
 from mnistcnn.base import run_reader
 from mnistcnn.base.config import CONF_DIR
 from mnistcnn.base.errors import UserError
 from mnistcnn.reporting import comparison
 from mnistcnn.studies import book, command, study_files
+
+# Books draw many figures; what these tests read is the text that names them, so the
+# figures are not rendered to PNG (test_plots.py and test_report.py check the pictures).
+pytestmark = pytest.mark.usefixtures("no_png_encoding")
 
 DIGITS = [str(d) for d in range(10)]
 GROUPS = {0: [0, 6], 1: [1, 7], 2: [2, 3, 5, 8], 3: [4, 9]}
@@ -356,7 +360,7 @@ def test_a_baseline_is_matched_by_value_not_spelling(tmp_path, capsys):
 
 def test_a_misspelt_study_block_is_a_config_error(tmp_path):
     path = study_file(tmp_path, DROPOUT_STUDY.replace("study:", "stud:"))
-    result = run_cli("studies", path, "--dry-run")
+    result = run_main("studies", path, "--dry-run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "stud" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -410,7 +414,7 @@ def quick_book(synthetic_dir, tmp_path_factory):
     path = study_file(root)
     args = ["studies", "pooling", path, "--quick", "seed=0,1", f"data.dir={synthetic_dir}",
             "data.val_size=200", "data.limit=400", "trainer.device=cpu", "--out", str(out)]
-    return out, args, run_cli(*args)
+    return out, args, run_main(*args)  # its `train -m` children are real processes
 
 
 def jobs_of(folder: Path) -> list[Path]:
@@ -481,7 +485,7 @@ def test_book_only_and_publish_rebuild_without_training(quick_book, tmp_path, ca
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("pooling: 2 arm(s) x 2 seed(s) = 4 runs; 4 complete in ")
     assert lines[-1].startswith("in all: 10 runs, 0 to run")
-    again = run_cli(*args[:-1], str(dest), "--resume")  # and --resume trains nothing
+    again = run_main(*args[:-1], str(dest), "--resume")  # and --resume trains nothing
     assert again.returncode == 0, again.stderr
     assert "[10/10 runs]" in again.stderr and not list(dest.rglob("model.pt"))
     assert findings(dest) == findings(out)
@@ -496,7 +500,7 @@ def test_resume_reruns_only_what_is_missing(quick_book):
                                                  kept / "predictions.csv")}
     (lost / "summary.json").unlink()
     (lost / "model.pt").unlink()
-    result = run_cli(*args, "--resume")
+    result = run_main(*args, "--resume")
     assert result.returncode == 0, result.stderr
     assert {p: p.stat().st_mtime_ns for p in before} == before  # the completed run is kept
     assert json.loads((lost / "summary.json").read_text())["status"] == "completed"
@@ -509,5 +513,5 @@ def test_resume_reruns_only_what_is_missing(quick_book):
 @pytest.mark.slow  # ten smoke runs in a subprocess (shared by these tests)
 def test_a_book_folder_is_not_overwritten_without_resume(quick_book):
     out, args, _ = quick_book
-    result = run_cli(*args)
+    result = run_main(*args)
     assert result.returncode == 2 and "add --resume" in result.stderr

@@ -1,22 +1,21 @@
-"""Sweeps end in a comparison: real multiruns of the CLI on synthetic data, one epoch each."""
+"""Sweeps end in a comparison: multiruns through the CLI's entry point on synthetic data, one
+epoch each; in this process, but as real subprocesses for the launchers that start processes."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli, run_main
+from conftest import run_cli, run_main
 from omegaconf import OmegaConf
 
 from mnistcnn.__main__ import main
 from mnistcnn.base.config import compose_config
 from mnistcnn.base.errors import UserError
+from mnistcnn.data import dataset
 from mnistcnn.runs.preflight import check_overrides
 
 # docs/sweeps-and-studies.md's list of what a multirun writes into its sweep folder.
@@ -28,30 +27,16 @@ FAST = ["model=classic", "data.val_size=200", "data.limit=500", "trainer.epochs=
 # One torch thread per process: the cores are shared (parallel launchers, other tests), and
 # an oversubscribed thread pool spins, making a one-second job take ten.
 ENV = {"OMP_NUM_THREADS": "1"}
-# Runs the CLI with one simulated bug: a job with seed 2 raises RuntimeError mid-run, as
-# its data loads (its config passes every check).
-BUGGY_CLI = """
-import sys
-from mnistcnn.data import dataset
-from mnistcnn.__main__ import main
-
-loaded = dataset.load
-def load(data, device, seed, *args, **kwargs):
-    if seed == 2:
-        raise RuntimeError("simulated bug in job with seed 2")
-    return loaded(data, device, seed, *args, **kwargs)
-dataset.load = load
-main(sys.argv[1:])
-"""
 
 
-def sweep(sweep_dir, data_dir, *overrides, cli=None):
+def sweep(sweep_dir, data_dir, *overrides, in_process=True, env=ENV):
+    """The sweep through the CLI's entry point: in this process unless a launcher makes
+    processes of its own (then as a real subprocess, as a user runs it)."""
     args = ["train", "-m", f"data.dir={data_dir}", *FAST, f"hydra.sweep.dir={sweep_dir}",
             *overrides]
-    if cli is None:
-        return run_cli(*args, env=ENV)
-    return subprocess.run([sys.executable, "-c", cli, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **ENV})
+    if in_process:
+        return run_main(*args)
+    return run_cli(*args, env=env)
 
 
 def table(sweep_dir):
@@ -67,7 +52,6 @@ def grid(synthetic_dir, tmp_path_factory):
     return sweep_dir, result
 
 
-@pytest.mark.slow
 def test_a_2x2_sweep_writes_the_comparison_with_4_rows(grid):
     sweep_dir, result = grid
     for name in OUTPUT_FILES:
@@ -86,7 +70,6 @@ def test_a_2x2_sweep_writes_the_comparison_with_4_rows(grid):
     assert "| model.pool | model.hidden |" in result.stdout  # the table ends the sweep's output
 
 
-@pytest.mark.slow
 def test_compare_on_two_single_runs_names_the_differing_key(grid, tmp_path, capsys):
     sweep_dir, _ = grid
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and "hidden=20" in p.name)
@@ -109,11 +92,18 @@ def test_compare_rejects_a_folder_without_runs(tmp_path, capsys):
 def buggy(synthetic_dir, tmp_path_factory):
     """2 configs x 3 seeds, where every job with seed 2 hits a (simulated) bug."""
     sweep_dir = tmp_path_factory.mktemp("buggy")
-    return sweep_dir, sweep(sweep_dir, synthetic_dir, "model.hidden=20,30", "seed=0,1,2",
-                            cli=BUGGY_CLI)
+    loaded = dataset.load
+
+    def load(data, device, seed, *args, **kwargs):  # the job's config passes every check
+        if seed == 2:
+            raise RuntimeError("simulated bug in job with seed 2")
+        return loaded(data, device, seed, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dataset, "load", load)
+        return sweep_dir, sweep(sweep_dir, synthetic_dir, "model.hidden=20,30", "seed=0,1,2")
 
 
-@pytest.mark.slow
 def test_seeds_pool_into_mean_std_with_n_2(buggy):
     sweep_dir, _ = buggy
     completed = [r for r in table(sweep_dir) if r["status"] == "completed"]
@@ -123,7 +113,6 @@ def test_seeds_pool_into_mean_std_with_n_2(buggy):
     assert md.count(" ± ") >= 2 * 6  # train/val/test acc, loss, recall, time per row
 
 
-@pytest.mark.slow
 def test_a_failed_job_is_a_row_and_the_sweep_exits_non_zero(buggy):
     sweep_dir, result = buggy
     failed = [r for r in table(sweep_dir) if r["status"] != "completed"]
@@ -136,7 +125,6 @@ def test_a_failed_job_is_a_row_and_the_sweep_exits_non_zero(buggy):
     assert "Traceback" in log and "RuntimeError" in log  # the bug keeps its traceback
 
 
-@pytest.mark.slow
 def test_a_diverged_job_lets_the_others_finish(synthetic_dir, tmp_path):
     result = sweep(tmp_path, synthetic_dir, "optim=sgd", "model.dropout=0",
                    "optim.lr=1e12,0.01")
@@ -156,23 +144,29 @@ def needs_plugin(name: str) -> None:
 @pytest.mark.slow
 def test_joblib_launcher_runs_a_2_job_sweep(synthetic_dir, tmp_path):
     needs_plugin("hydra_joblib_launcher")
+    # No OMP_NUM_THREADS: each job takes its share of the cores itself (jobs.take_share),
+    # and says so first in its log (formerly test_jobs.py's own joblib sweep).
     result = sweep(tmp_path, synthetic_dir, "seed=0,1", "hydra/launcher=joblib",
-                   "hydra.launcher.n_jobs=2")
+                   "hydra.launcher.n_jobs=2", in_process=False,
+                   env={"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": None})
     assert result.returncode == 0, result.stderr
     assert [r["n"] for r in table(tmp_path)] == ["2"]
+    logs = sorted(tmp_path.glob("*/train.log"))
+    assert len(logs) == 2
+    for num, log in enumerate(logs):
+        assert log.read_text().startswith(f"job {num} (2 jobs at once): torch threads: ")
 
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_2_job_sweep(synthetic_dir, tmp_path):
     needs_plugin("hydra_submitit_launcher")
     result = sweep(tmp_path, synthetic_dir, "seed=0,1", "hydra/launcher=submitit_local",
-                   "hydra.launcher.timeout_min=10")
+                   "hydra.launcher.timeout_min=10", in_process=False)
     assert result.returncode == 0, result.stderr
     assert [r["n"] for r in table(tmp_path)] == ["2"]
     assert (tmp_path / ".submitit").is_dir()
 
 
-@pytest.mark.slow
 def test_optuna_sweeper_maximises_validation_accuracy(synthetic_dir, tmp_path):
     needs_plugin("hydra_optuna_sweeper")
     result = sweep(tmp_path, synthetic_dir, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",

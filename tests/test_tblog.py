@@ -4,23 +4,22 @@ readers, and the one-line error when the package is missing."""
 from __future__ import annotations
 
 import json
-import os
+import sys
 
 import pytest
-from conftest import run_cli
+from conftest import run_main
 
 
-@pytest.mark.slow
 def test_a_sweep_logs_every_epochs_scalars_and_each_runs_hparams(synthetic_dir, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    result = run_cli("train", "-m", f"data.dir={synthetic_dir}", "data.val_size=200",
-                     "model=tiny", "data.limit=500", "trainer.epochs=2", "trainer.device=cpu",
-                     "report.enabled=false", "logger=tensorboard", "seed=0,1",
-                     f"hydra.sweep.dir={tmp_path}")
+    result = run_main("train", "-m", f"data.dir={synthetic_dir}", "data.val_size=200",
+                      "model=tiny", "data.limit=500", "trainer.epochs=2", "trainer.device=cpu",
+                      "report.enabled=false", "logger=tensorboard", "seed=0,1",
+                      f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     jobs = sorted(p.parent for p in tmp_path.glob("*/summary.json"))
     assert len(jobs) == 2 and not any("logger" in j.name for j in jobs)  # names no folder
@@ -56,14 +55,14 @@ def test_a_sweep_logs_every_epochs_scalars_and_each_runs_hparams(synthetic_dir, 
     ("tensorboard", "pip install tensorboard"),
     ("mlflow", "pip install 'mnistcnn[mlflow]'")])
 def test_a_missing_tracker_package_is_one_line_before_any_run_folder(package, install,
-                                                                     synthetic_dir, tmp_path):
-    # A package that fails to import, ahead of the real one on the path.
-    fake = tmp_path / "fake" / package
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text(f"raise ImportError('No module named {package}')\n")
-    path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
-    result = run_cli("train", f"data.dir={synthetic_dir}", f"logger={package}",
-                     f"hydra.run.dir={tmp_path / 'run'}", env={"PYTHONPATH": path})
+                                                                     synthetic_dir, tmp_path,
+                                                                     monkeypatch):
+    # A package that cannot be imported: None in sys.modules makes `import` raise ImportError
+    # (torch's tensorboard module too, which may already be imported in this process).
+    for name in (package, "torch.utils.tensorboard"):
+        monkeypatch.setitem(sys.modules, name, None)
+    result = run_main("train", f"data.dir={synthetic_dir}", f"logger={package}",
+                      f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"error: logger={package} needs the {package} package: {install} "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -65,6 +64,8 @@ def layer_outputs(model: nn.Module, layer: str, images: torch.Tensor, data: Data
 
 
 def tsne(features: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.manifold import TSNE  # ~1 s to import: only for runs that draw an embedding
+
     n, d = features.shape
     # Perplexity must stay below the number of points; PCA init needs two dimensions.
     model = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3),
