@@ -579,7 +579,7 @@ def test_cuda_graph_true_on_a_cpu_is_one_line_and_exit_2(synthetic_dir, tmp_path
 
 
 def test_bad_cuda_graph_value_is_a_user_error():
-    from mnistcnn.base.config import validate
+    from mnistcnn.base.config_checks import validate
     with pytest.raises(UserError, match="trainer.cuda_graph=sometimes is out of range"):
         validate(cfg_of("trainer.cuda_graph=sometimes"))
 

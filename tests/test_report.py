@@ -23,8 +23,8 @@ from mnistcnn.base.config import (
     compose_config,
     report_settings,
     saved_config,
-    validate,
 )
+from mnistcnn.base.config_checks import validate
 from mnistcnn.base.errors import UserError
 from mnistcnn.data.dataset import LABEL_MAGIC, Data, Split, read_idx
 from mnistcnn.reporting import plots, probes, run_figures, run_report

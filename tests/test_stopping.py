@@ -11,7 +11,8 @@ import torch
 from conftest import run_main
 
 from mnistcnn import models
-from mnistcnn.base.config import compose_config, validate
+from mnistcnn.base.config import compose_config
+from mnistcnn.base.config_checks import validate
 from mnistcnn.base.errors import UserError
 from mnistcnn.data import dataset
 from mnistcnn.training import engine, factories

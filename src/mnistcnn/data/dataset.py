@@ -20,7 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mnistcnn.base.config import choice, validate_classes
+from mnistcnn.base.config import choice
+from mnistcnn.base.config_checks import validate_classes
 from mnistcnn.base.errors import UserError
 
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049

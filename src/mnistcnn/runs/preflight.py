@@ -14,7 +14,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from mnistcnn import models
-from mnistcnn.base.config import compose_config, validate
+from mnistcnn.base.config import compose_config
+from mnistcnn.base.config_checks import validate
 from mnistcnn.base.errors import UserError
 from mnistcnn.tracking import trackers
 
