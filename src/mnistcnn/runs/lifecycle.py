@@ -112,9 +112,9 @@ def train(cfg: DictConfig, folder: RunFolder, data: dataset.Data, model: nn.Modu
     run_folder.write_text(folder.metrics, "".join(json.dumps(r) + "\n" for r in done))
     if state:
         log.info("resuming %s after epoch %d", folder.shown, state["epoch"])
-    trackers.start_training(first_epoch=len(done) + 1)
     t0 = time.perf_counter()
-    training = Training(model, data, cfg, plan, resume=state)
+    training = Training(model, data, cfg, plan, resume=state)  # may refuse: no event file yet
+    trackers.start_training(first_epoch=len(done) + 1)
     with StopOnSignal() as stop:
         try:
             with closing(fit(training, stop)) as epochs:
