@@ -18,12 +18,17 @@ train: $(STAMP)
 	$(BIN)/python -m mnistcnn train $(ARGS)
 
 # Everything (what CI runs); test-fast leaves out the tests marked slow (real processes,
-# signals, sweeps, the wheel, real MNIST) for the edit-test loop.
+# signals, sweeps, the wheel, real MNIST) for the edit-test loop. Tests run in one pytest-xdist
+# worker per core (each test trains with one torch thread); a test file stays on one worker,
+# so the trained runs its fixtures share are trained once. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts

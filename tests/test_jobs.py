@@ -1,12 +1,12 @@
 """One job per device: each job of a parallel sweep takes one visible GPU, round-robin, and
 cores // N threads unless OMP_NUM_THREADS is set. GPUs are faked through the environment
-the jobs see (CUDA_VISIBLE_DEVICES) and cores are passed in, so this runs on any CPU."""
+the jobs see (CUDA_VISIBLE_DEVICES) and cores are passed in, so this runs on any CPU. A real
+joblib sweep logging each job's share is in test_sweep.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_cli
 from omegaconf import OmegaConf
 
 from mnistcnn.runs import job_share
@@ -73,18 +73,3 @@ def test_a_job_of_a_parallel_sweep_sets_its_threads_and_says_so(monkeypatch, cap
         assert torch.get_num_threads() == 2 and caplog.messages == []
     finally:
         torch.set_num_threads(before)
-
-
-@pytest.mark.slow  # a joblib sweep of two processes: ~40 s on a busy 2-core machine
-def test_a_joblib_sweep_logs_each_jobs_share(synthetic_dir, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[sweep]'")
-    result = run_cli("train", "-m", f"data.dir={synthetic_dir}", "data.val_size=200",
-                     "model=tiny", "data.limit=300", "trainer.epochs=1", "trainer.device=cpu",
-                     "report.enabled=false", "seed=0,1", "hydra/launcher=joblib",
-                     "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}",
-                     env={"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": None})
-    assert result.returncode == 0, result.stderr
-    logs = sorted(tmp_path.glob("*/train.log"))
-    assert len(logs) == 2
-    for num, log in enumerate(logs):
-        assert log.read_text().startswith(f"job {num} (2 jobs at once): torch threads: ")
