@@ -173,8 +173,20 @@ def test_a_study_that_another_study_trained_too_says_so(tmp_path):
         make_run(tmp_path / name / f"2_{name}", 0, 0.98, pool="avg" if name == "first"
                  else "max", study=POOLING, **{"variant": "other"} if name == "second" else {})
     md = book.markdown(book.load(tmp_path, ["first", "second"]))
-    assert md.count("Trained in another study too (the same settings and seeds, so the same "
-                    "runs twice):") == 2
+    assert md.count("Runs another study has too (the same settings and seeds): pool=max here "
+                    "is ") == 1 and md.count("(trained in both).") == 2
+    assert "| runs | 6 |" in md
+    # The second study's runs copied from the first's (runs/reuse.py): trained once.
+    for seed in (0, 1):
+        path = tmp_path / "second" / f"{seed}_pool=max,seed={seed}" / "summary.json"
+        path.write_text(json.dumps(dict(json.loads(path.read_text()),
+                                        reused_from=f"first/{seed}_pool=max,seed={seed}")))
+    md = book.markdown(book.load(tmp_path, ["first", "second"]))
+    first, second = md.split("\n## first")[1].split("\n## second")
+    assert " in second (reused there, trained once)." in first
+    assert " in first (reused from there, trained once)." in second
+    assert "| runs | 6, of which 4 trained and 2 reused from identical runs (`reused_from` in " \
+           "their summary.json) |" in md
 
 
 def test_a_book_of_short_runs_says_so_at_the_top(book_dir):
@@ -382,10 +394,13 @@ def test_dry_run_plans_every_study_and_runs_nothing(tmp_path, capsys, calibratio
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         f"dropout: 3 arm(s) x 1 seed(s) = 3 runs; ~5m00s ({how})",
-        f"pooling: 2 arm(s) x 1 seed(s) = 2 runs; ~3m20s ({how})",
+        # Its max arm is dropout's 0.5 (the classic net's default) at quick size: reused.
+        f"pooling: 2 arm(s) x 1 seed(s) = 2 runs (1 reused from identical runs, not trained); "
+        f"~1m40s ({how})",
         f"features: 4 arm(s) x 1 seed(s) = 4 runs; ~6m40s ({how})",
-        f"in all: 9 runs, 9 to run; ~15m00s ({how}); no study was run"]
-    assert len(calibrations) == 9 and all("quick=on" in job for job in calibrations)
+        f"in all: 9 runs, 9 to run (1 reused from identical runs, not trained); ~13m20s "
+        f"({how}); no study was run"]
+    assert len(calibrations) == 8 and all("quick=on" in job for job in calibrations)
     command.run_studies(["--dry-run", "tiny", "mobilenet"])
     assert capsys.readouterr().out.splitlines()[:2] == [
         f"tiny: 5 arm(s) x 3 seed(s) = 15 runs; ~25m00s ({how})",
@@ -433,11 +448,23 @@ def test_studies_quick_writes_the_book(quick_book):
         assert not (job / "report.html").exists()  # reports only on request (--reports)
     assert (out / "study_files" / "experiment" / "dropout.yaml").is_file()
     assert (out / "pooling" / "comparison.md").is_file()
+    # dropout=0.5 is the classic net's default: those runs are pooling's max runs, reused.
+    pooling = {job.name: job for job in jobs_of(out / "pooling")}
+    for job in jobs_of(out / "dropout"):
+        summary = json.loads((job / "summary.json").read_text())
+        if "model.dropout=0.5" not in job.name:
+            assert "reused_from" not in summary
+            continue
+        source = pooling[Path(summary["reused_from"]).name]
+        assert summary["reused_from"] == f"pooling/{source.name}" and "pool=max" in source.name
+        for name in ("metrics.jsonl", "predictions.csv", "classification.csv", "model.pt"):
+            assert (job / name).read_bytes() == (source / name).read_bytes()
     md = (out / "STUDIES.md").read_text()
     assert md.startswith("# Studies\n\n**Smoke runs, not findings")
     assert "| dropout | Does dropout 0.25 or 0.5 help the classic net? | **Smoke runs, not a " \
            "finding** | " in md
     assert "dropout=0.25 − dropout=0.0" in md and "n = 2 per arm" in md
+    assert "| runs | 10, of which 8 trained and 2 reused from identical runs" in md
     assert "## Machine and time" in md and "--quick" in md
     assert "data:image/png;base64," in (out / "studies.html").read_text()
     record = json.loads((out / book.BOOK_FILE).read_text())

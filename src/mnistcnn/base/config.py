@@ -360,6 +360,20 @@ class ReportConfig:
     tsne_samples: int = 2000  # test images in the embedding plot
 
 
+@dataclass
+class ReuseConfig:
+    """Where a run may come from instead of being trained (runs/reuse.py): a completed run
+    with the same settings, device and code version in one of `dirs` (any depth), and for a
+    sweep's `trainer.epochs` arms, one training to the longest (runs/shared_prefix.py)."""
+
+    dirs: list[str] = field(default_factory=list)  # folders to look in; empty = train
+    any_version: bool = False  # also runs made by other code (their summary says so)
+    # The trainer.epochs levels of this sweep whose runs share their first epochs: the job
+    # of any of them trains once to the longest and writes each shorter arm as its epoch
+    # ends. null = every run trains its own epochs.
+    shared_epochs: list[int] | None = None
+
+
 # ----------------------------------------------------------------------------- studies
 @dataclass
 class QuestionConfig:
@@ -399,6 +413,7 @@ class Config:
     # In a sweep (`train -m ... resume=true hydra.sweep.dir=OLD`): skip jobs that completed,
     # continue interrupted ones from their last.pt. A single run resumes with resume=PATH.
     resume: bool = False
+    reuse: ReuseConfig = field(default_factory=ReuseConfig)
     # A study preset's title and questions (conf/experiment/); null outside a study.
     study: StudyConfig | None = None
 

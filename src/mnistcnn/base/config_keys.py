@@ -10,14 +10,14 @@ from pathlib import Path
 
 from mnistcnn.base.run_folder import RunFolder
 
-# Where the data lives, where it runs, how a run is reported, resumed, rerun or logged, what a
-# study asks: two runs that differ only in these ran the same experiment (one comparison row,
+# Where the data lives, where it runs, how a run is reported, resumed, rerun, reused or logged,
+# what a study asks: two runs that differ only in these ran the same experiment (one comparison row,
 # one arm of a book). Each entry is a key or a group with every key under it (`logger` covers
 # logger=mlflow and logger.tracking_uri): `key.startswith(NOT_SETTINGS)`. Job folder names
 # leave out the same keys: conf/config.yaml's exclude_keys lists each key under these, as
 # Hydra matches whole keys, and tests/test_config.py keeps the two lists equal.
 NOT_SETTINGS = ("data.dir", "trainer.device", "trainer.cuda_graph", "trainer.eval_batch_size",
-                "report", "resume", "rerun", "logger", "study")
+                "report", "resume", "rerun", "reuse", "logger", "study")
 
 
 def preset_choices(path: Path, config: dict) -> dict:

@@ -10,6 +10,7 @@ code would give the same numbers; `train rerun=RUN_DIR` compares it with the cod
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import shlex
@@ -25,7 +26,9 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # Distributions whose version is recorded (import names differ: hydra-core is `hydra`).
 LIBRARIES = ("torch", "torchvision", "hydra-core", "numpy")
 # The keys that say which code ran; the rest (library versions) say what it ran on.
-CODE_KEYS = ("mnistcnn", "git_commit", "git_dirty")
+# git_changes names the uncommitted changes of a dirty tree (a hash of `git diff HEAD`), so
+# two runs of one dirty tree are known to have run the same code.
+CODE_KEYS = ("mnistcnn", "git_commit", "git_dirty", "git_changes")
 
 
 def _version(dist: str) -> str | None:
@@ -35,35 +38,35 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _git(*args: str) -> str | None:
-    """Output of a git command in the package's folder; None without git or outside a
-    repository."""
+def _git(folder: Path, *args: str) -> str | None:
+    """Output of a git command in folder; None without git or outside a repository."""
     try:
-        done = subprocess.run(["git", "-C", str(PACKAGE_DIR), *args], capture_output=True,
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
                               text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def git_state() -> tuple[str | None, bool | None]:
-    """(commit, uncommitted changes) of the working tree holding this package's sources;
-    (None, None) when the package is not a tracked file of one (an installed wheel, or a
-    site-packages that happens to sit inside some other repository). Untracked files do not
-    count as changes, as for `git describe --dirty`."""
-    if _git("ls-files", "--error-unmatch", "__init__.py") is None:
-        return None, None
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return commit, (bool(status) if status is not None else None)
+def git_state(folder: Path = PACKAGE_DIR) -> dict:
+    """git_commit, git_dirty and git_changes of the working tree holding folder's
+    __init__.py (this package's sources); all None when it is not a tracked file of one (an
+    installed wheel, or a site-packages that happens to sit inside some other repository).
+    Untracked files do not count as changes, as for `git describe --dirty`; git_changes is
+    a hash of the uncommitted changes (null on a clean tree)."""
+    if _git(folder, "ls-files", "--error-unmatch", "__init__.py") is None:
+        return {"git_commit": None, "git_dirty": None, "git_changes": None}
+    status = _git(folder, "status", "--porcelain", "--untracked-files=no")
+    dirty = bool(status) if status is not None else None
+    diff = _git(folder, "diff", "HEAD", "--binary") if dirty else None
+    return {"git_commit": _git(folder, "rev-parse", "HEAD"), "git_dirty": dirty,
+            "git_changes": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None}
 
 
 @cache
 def record() -> dict:
     """The summary.json keys; computed once per process (a sweep's jobs share the code)."""
-    commit, dirty = git_state()
-    return {"mnistcnn": __version__, "git_commit": commit, "git_dirty": dirty,
-            "python": platform.python_version(),
+    return {"mnistcnn": __version__, **git_state(), "python": platform.python_version(),
             **{dist: _version(dist) for dist in LIBRARIES}}
 
 
@@ -73,19 +76,25 @@ def short(value: object) -> object:
     return value[:12] if is_commit else value
 
 
-def differences(recorded: dict) -> list[str]:
-    """What differs between a run's recorded provenance and the code of now, as
-    "torch 2.3.0 -> 2.4.1"; a tree with uncommitted changes (then or now) counts as
-    different, since the commit alone does not say what ran."""
-    now = record()
-    if not any(key in recorded for key in CODE_KEYS):
+def differences(recorded: dict, now: dict | None = None) -> list[str]:
+    """What differs between a run's recorded provenance and the code of now (or of `now`,
+    another run's record), as "torch 2.3.0 -> 2.4.1". A tree with uncommitted changes (then
+    or now) counts as different, since the commit alone does not say what ran, unless both
+    hold the same changes (git_changes) on the same commit."""
+    now = record() if now is None else now
+    if not any(key in recorded for key in CODE_KEYS[:3]):
         return ["no code version recorded (the run predates it)"]
-    changed = [f"{key} {short(recorded[key])} -> {short(now[key])}" for key in now
-               if key != "git_dirty" and key in recorded and recorded[key] != now[key]]
-    if recorded.get("git_dirty"):
-        changed.append("the run's tree had uncommitted changes")
-    if now["git_dirty"]:
-        changed.append("the tree has uncommitted changes now")
+    dirty = ("git_commit", "git_dirty", "git_changes")
+    changed = [f"{key} {short(recorded.get(key))} -> {short(now.get(key))}"
+               for key in ("mnistcnn", "git_commit", "python", *LIBRARIES)
+               if key in recorded and recorded[key] != now.get(key)]
+    if (recorded.get("git_dirty") or now.get("git_dirty")) and (
+            not recorded.get("git_changes") or
+            any(recorded.get(key) != now.get(key) for key in dirty)):
+        if recorded.get("git_dirty"):
+            changed.append("the run's tree had uncommitted changes")
+        if now.get("git_dirty"):
+            changed.append("the tree has uncommitted changes now")
     return changed
 
 

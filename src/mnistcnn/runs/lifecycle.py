@@ -26,6 +26,7 @@ from mnistcnn.base.signals import StopOnSignal
 from mnistcnn.data import dataset
 from mnistcnn.reporting import run_report
 from mnistcnn.reporting.predictions import write_predictions
+from mnistcnn.runs import reuse
 from mnistcnn.runs.console import format_epoch, log_class_findings
 from mnistcnn.runs.preflight import check_run
 from mnistcnn.tracking.trackers import Trackers, open_trackers
@@ -47,7 +48,8 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train as configured, writing metrics.jsonl, last.pt (every epoch), summary.json,
     predictions.csv, model.pt and the report into run_dir. Returns the summary; its
     `status` says how the run ended. With cfg.resume, a completed run is returned as it
-    is and an interrupted one continues from its last.pt."""
+    is and an interrupted one continues from its last.pt. With cfg.reuse.dirs, a completed
+    run there that trained the same is copied instead (runs/reuse.py)."""
     folder = RunFolder(Path(run_dir))
     if cfg.get("resume") and folder.summary.is_file():
         previous = run_folder.read_json(folder.summary)
@@ -55,6 +57,10 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
             log.info("%s already completed (test/acc %s); skipped", folder.shown,
                      pct(previous["test/acc"]))
             return previous
+    if cfg.reuse.dirs:
+        found = reuse.find(cfg, str(resolve_device(cfg.trainer.device)), folder.path)
+        if found is not None:
+            return reuse.take(found, folder)
     summary = {"status": "running", "model": cfg.model.name, "seed": cfg.seed,
                "started": run_folder.utc_now(), **provenance.record()}
     trackers = None

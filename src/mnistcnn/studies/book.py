@@ -23,12 +23,13 @@ from mnistcnn.base import run_folder
 from mnistcnn.base.config_keys import NOT_SETTINGS, short_key, show_value
 from mnistcnn.base.errors import UserError
 from mnistcnn.base.formats import ABSENT, duration, mean_std
-from mnistcnn.base.run_folder import RunFolder
+from mnistcnn.base.run_folder import SUMMARY, RunFolder
 from mnistcnn.base.run_reader import Run, load_runs
 from mnistcnn.reporting import comparison, markup, plots
 from mnistcnn.reporting.comparison import Comparison, Row
 from mnistcnn.reporting.markup import Block, Heading, Paragraph, Section, Table
 from mnistcnn.reporting.metrics import Stat, pooled
+from mnistcnn.runs.reuse import OTHER_CODE, REUSED_FROM
 from mnistcnn.studies import questions, study_files
 
 BOOK_FILE = "book.json"  # what `studies` records: command(s), wall times, machine, studies
@@ -211,22 +212,35 @@ def training_key(run: Run, seed: bool = True) -> frozenset:
 
 
 def shared_arms(book: Book, study: Study) -> list[str]:
-    """The study's arms that another study of the book trained too (same settings, seeds
-    included): one sentence each, naming the arm there."""
+    """The study's arms that another study of the book has too (same settings, seeds
+    included): one phrase each, naming the arm there and whether its runs were trained
+    once (one study reused the other's, runs/reuse.py) or twice."""
     if study.comparison is None:
         return []
-    elsewhere: dict[frozenset, tuple[str, str]] = {}
+    elsewhere: dict[frozenset, tuple[str, Row]] = {}
     for other in book.studies:
         if other is not study and other.comparison:
             for row in other.comparison.rows:
                 if row.completed:
-                    elsewhere[frozenset(map(training_key, row.runs))] = (other.name, row.label)
+                    elsewhere[frozenset(map(training_key, row.runs))] = (other.name, row)
     found = []
     for row in study.comparison.rows:
         match = elsewhere.get(frozenset(map(training_key, row.runs)))
-        if row.completed and match:
-            found.append(f"{row.label} here is {match[1]} in {match[0]}")
+        if not (row.completed and match):
+            continue
+        name, there = match
+        if all(reused(r) for r in row.runs):
+            how = "reused from there, trained once"
+        elif all(reused(r) for r in there.runs):
+            how = "reused there, trained once"
+        else:
+            how = "trained in both"
+        found.append(f"{row.label} here is {there.label} in {name} ({how})")
     return found
+
+
+def reused(run: Run) -> bool:
+    return REUSED_FROM in run.summary
 
 
 def shortened_note(book: Book) -> list[str]:
@@ -278,6 +292,10 @@ def machine_rows(book: Book) -> list[list[str]]:
             ["training step", seen("train_path")],
             ["code", ", ".join(dict.fromkeys(code_version(x) for x in summaries)) or ABSENT],
             *([key, seen(key)] for key in ("python", "torch", "torchvision", "numpy"))]
+    rows.append(["runs", runs_made(book)])
+    other_code = sorted({d for x in summaries for d in x.get(OTHER_CODE, [])})
+    if other_code:
+        rows.append(["reused from other code", "; ".join(other_code)])
     walls = book.record.get("wall_s", {})
     rows.append(["wall time, all studies", duration(sum(walls.values())) if walls else ABSENT])
     rows += [[f"wall time: {s.name}", duration(s.wall_s) if s.wall_s is not None else ABSENT]
@@ -285,6 +303,18 @@ def machine_rows(book: Book) -> list[list[str]]:
     for command in book.record.get("commands", []):
         rows.append(["command", command])
     return rows
+
+
+def runs_made(book: Book) -> str:
+    """How many runs the studies hold and how many of them were trained: a run reused from
+    another study or book (runs/reuse.py) holds that run's files."""
+    runs = [r for s in book.studies if s.comparison for r in s.comparison.runs]
+    copies = sum(reused(r) for r in runs)
+    text = f"{len(runs)}"
+    if copies:
+        text += (f", of which {len(runs) - copies} trained and {copies} reused from identical "
+                 f"runs (`{REUSED_FROM}` in their {SUMMARY})")
+    return text
 
 
 def code_version(summary: dict) -> str:
@@ -313,8 +343,8 @@ def study_blocks(book: Book, s: Study) -> list[Block]:
     out.append(Table(["protocol", ""], protocol(s.comparison), style="text"))
     shared = shared_arms(book, s)
     if shared:
-        out.append(Paragraph("Trained in another study too (the same settings and seeds, so "
-                             "the same runs twice): " + "; ".join(shared) + "."))
+        out.append(Paragraph("Runs another study has too (the same settings and seeds): "
+                             + "; ".join(shared) + "."))
     out += answer_blocks(s)
     out += comparison.blocks(s.comparison, book.out_dir, s.images, level=3,
                              image_dir=f"{s.name}/", per_epoch=False)

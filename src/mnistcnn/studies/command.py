@@ -35,6 +35,7 @@ from mnistcnn.base.run_folder import CONFIG, REPORT, SUMMARY
 from mnistcnn.base.signals import stop_signals_to
 from mnistcnn.runs.preflight import check_overrides, sweep_jobs
 from mnistcnn.studies import book, calibration, publish, questions, study_files
+from mnistcnn.studies.reuse_plan import ReusePlan
 from mnistcnn.studies.study_files import StudyFile
 
 POLL_S = 2.0  # how often a running study's folder is counted for the progress line
@@ -67,6 +68,16 @@ def parse(args: list[str]) -> argparse.Namespace:
                         help="run seeds 0..N-1 of every arm (instead of the study file's "
                              "seed sweep); on an existing --out DIR only the runs it lacks "
                              "are trained, so a finished book grows by the new seeds")
+    parser.add_argument("--reuse-from", action="append", default=[], metavar="DIR",
+                        help="also reuse completed runs under DIR (a book, a sweep, a run; "
+                             "repeatable): a job whose settings, device and code version "
+                             "match one is copied, not trained (the book's own runs are "
+                             "always looked at)")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="train every run, even where an identical completed run exists, "
+                             "and every trainer.epochs arm on its own")
+    parser.add_argument("--reuse-any-version", action="store_true",
+                        help="also reuse runs made by another code version (the book says so)")
     parser.add_argument("--reports", action="store_true",
                         help=f"also write every run's {REPORT} and plots (off by default)")
     parser.add_argument("--dry-run", action="store_true",
@@ -137,6 +148,12 @@ def check(opts: argparse.Namespace) -> tuple[list[StudyFile], list[str]]:
                         "book folder with --out DIR")
     if opts.book_only and opts.dry_run:
         raise UserError("--book-only and --dry-run: choose one (neither runs anything)")
+    if opts.no_reuse and (opts.reuse_from or opts.reuse_any_version):
+        raise UserError("--no-reuse with --reuse-from or --reuse-any-version: choose one")
+    missing = [d for d in opts.reuse_from if not Path(d).is_dir()]
+    if missing:
+        raise UserError(f"--reuse-from {missing[0]}: no such folder; name a folder of runs "
+                        f"(a book, a sweep or a run)")
     if opts.book_only:  # the folders are what counts; a study file need not be at hand
         return [StudyFile(Path(n).stem if study_files.is_path(n) else n, Path(n), preset=False)
                 for n in dict.fromkeys(names)], overrides
@@ -155,7 +172,17 @@ def study_overrides(name: str, out: Path, opts: argparse.Namespace,
         extra.append("report.enabled=false")
     if opts.jobs > 1:
         extra += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={opts.jobs}"]
+    if not opts.no_reuse:  # the book itself, then the folders named
+        dirs = ",".join(quoted(d) for d in [str(out), *opts.reuse_from])
+        extra += [f"reuse.dirs=[{dirs}]"]
+        extra += ["reuse.any_version=true"] if opts.reuse_any_version else []
     return extra + overrides
+
+
+def quoted(path: str) -> str:
+    """A path as a quoted element of a Hydra override's list: commas, spaces and = stay in
+    the path, and its quotes are escaped."""
+    return "'" + path.replace("'", "\\'") + "'"
 
 
 def count_ended(folder: Path, since: float) -> int:
@@ -255,7 +282,7 @@ def estimate_text(pending: int, timed_s: float, timed: int, calibrated_s: float 
 
 
 def plan_estimate(p: study_files.Plan, how: str) -> str:
-    return estimate_text(p.pending, p.timed_s, p.timed, p.calibrated_s, p.calibrated, how,
+    return estimate_text(p.to_train, p.timed_s, p.timed, p.calibrated_s, p.calibrated, how,
                          p.failed)
 
 
@@ -312,10 +339,18 @@ def question_lines(p: study_files.Plan, overrides: list[str], out: Path,
     return lines
 
 
-def dry_run(per_study: dict[str, list[str]], out: Path, resuming: bool) -> None:
+def reuse_text(reused: int) -> str:
+    return f" ({reused} reused from identical runs, not trained)" if reused else ""
+
+
+def dry_run(per_study: dict[str, list[str]], out: Path, opts: argparse.Namespace) -> None:
     """The plan of the book on stdout; no run is made and nothing is written. Arms with no
-    finished run are timed by a calibration here (in a scratch folder, then deleted)."""
-    plans = [study_files.plan(name, args, out / name if resuming else None)
+    finished run are timed by a calibration here (in a scratch folder, then deleted); runs
+    that will be reused (reuse_plan.py) take no time."""
+    resuming = out.is_dir()
+    reusing = ReusePlan([*([str(out)] if resuming else []), *opts.reuse_from],
+                        opts.reuse_any_version, enabled=not opts.no_reuse)
+    plans = [study_files.plan(name, args, out / name if resuming else None, reusing)
              for name, args in per_study.items()]
     calibrator = calibration.Calibrator()
     untimed = sum(len(p.untimed) for p in plans)
@@ -330,17 +365,19 @@ def dry_run(per_study: dict[str, list[str]], out: Path, resuming: bool) -> None:
         line = f"{p.name}: {p.arms} arm(s) x {p.seeds} seed(s) = {p.runs} runs"
         if resuming:
             line += f"; {p.complete} complete in {out / p.name}, {p.pending} to run"
+        line += reuse_text(p.reused)
         estimate = plan_estimate(p, calibrator.how)
         print(line + (f"; {estimate}" if estimate else ""))
         if resuming and any(p.finished):
             for text in question_lines(p, per_study[p.name], out, calibrator):
                 print(text)
     pending = sum(p.pending for p in plans)
-    estimate = estimate_text(pending, sum(p.timed_s for p in plans), sum(p.timed for p in plans),
-                             sum(p.calibrated_s for p in plans),
+    reused = sum(p.reused for p in plans)
+    estimate = estimate_text(pending - reused, sum(p.timed_s for p in plans),
+                             sum(p.timed for p in plans), sum(p.calibrated_s for p in plans),
                              sum(p.calibrated for p in plans), calibrator.how,
                              [f for p in plans for f in p.failed])
-    print(f"in all: {sum(p.runs for p in plans)} runs, {pending} to run"
+    print(f"in all: {sum(p.runs for p in plans)} runs, {pending} to run" + reuse_text(reused)
           + (f"; {estimate}" if estimate else "") + "; no study was run")
 
 
@@ -392,7 +429,7 @@ def run_studies(args: list[str]) -> None:
         per_study, search = book_args(studies, out, opts, overrides, Path(scratch))
         blocks = {s.name: study_files.check_questions(s, search) for s in studies}
         if opts.dry_run:  # composing the plan checks the keys; models are built by the runs
-            dry_run(per_study, out, resuming=out.is_dir())
+            dry_run(per_study, out, opts)
             return
         totals = {}
         for name, study_args in per_study.items():

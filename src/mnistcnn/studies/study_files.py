@@ -31,6 +31,7 @@ from mnistcnn.base.run_folder import SUMMARY, RunFolder
 from mnistcnn.base.run_reader import wall_seconds
 from mnistcnn.runs.preflight import sweep_jobs
 from mnistcnn.studies.questions import KINDS, is_numeric, same_level
+from mnistcnn.studies.reuse_plan import ReusePlan
 
 PRESET_DIR = CONF_DIR / "experiment"
 SEARCH_GROUP = "experiment"  # a person's file runs as +experiment=NAME, as a preset does
@@ -214,10 +215,15 @@ class Plan:
     calibrated: int = 0
     failed: list[str] = field(default_factory=list)  # why an untimed arm has no estimate
     finished: list[int] = field(default_factory=list)  # completed runs of each arm in folder
+    reused: int = 0  # pending runs that will be copied from an identical run, not trained
 
     @property
     def pending(self) -> int:
         return self.runs - self.complete
+
+    @property
+    def to_train(self) -> int:
+        return self.pending - self.reused
 
 
 def job_key(overrides: Sequence[str], leave_out: Sequence[str] = ()) -> frozenset:
@@ -266,10 +272,12 @@ def listed_jobs(name: str, overrides: Sequence[str]) -> list[list[str]]:
     return list(jobs)
 
 
-def plan(name: str, overrides: Sequence[str], folder: Path | None) -> Plan:
+def plan(name: str, overrides: Sequence[str], folder: Path | None,
+         reusing: ReusePlan | None = None) -> Plan:
     """Arms x seeds of one study as `train -m OVERRIDES` would run it, what of it is complete
-    in folder, and the time of the rest from finished runs of the same arm there; the arms
-    with no finished run to time are left in Plan.untimed."""
+    in folder, what `reusing` says will be reused, and the time of the rest from finished
+    runs of the same arm there; the arms with no finished run to time are left in
+    Plan.untimed."""
     jobs = listed_jobs(name, overrides)
     keys = [job_key(j) for j in jobs]
     arms = [arm_of(k) for k in keys]
@@ -283,6 +291,8 @@ def plan(name: str, overrides: Sequence[str], folder: Path | None) -> Plan:
     for job, key, arm in zip(jobs, keys, arms, strict=True):
         if key in finished:
             result.complete += 1
+        elif reusing is not None and reusing.will_reuse(job):
+            result.reused += 1
         elif arm in by_arm:
             result.timed_s += statistics.fmean(by_arm[arm])
             result.timed += 1

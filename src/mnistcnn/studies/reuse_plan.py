@@ -1,0 +1,63 @@
+"""What a book's plan will reuse rather than train (--dry-run): a pending job whose
+settings, device and code match a completed run where its jobs will look (the book and
+--reuse-from folders, runs/reuse.py), or a job planned before it in the same book, which
+will have completed by the time it runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from mnistcnn.base import provenance
+from mnistcnn.base.config import compose_config, to_plain
+from mnistcnn.base.run_folder import RunFolder
+from mnistcnn.runs import reuse
+from mnistcnn.training.device import resolve_device
+
+
+def frozen(identity: dict) -> str:
+    """An identity as a set member (its values may be lists and dicts)."""
+    return json.dumps(identity, sort_keys=True, default=str)
+
+
+class ReusePlan:
+    """Answers, job by job in the order the book runs them, whether a job will be reused."""
+
+    def __init__(self, dirs: Sequence[str], any_version: bool, enabled: bool = True):
+        self.enabled = enabled
+        self.known: set[str] = set()
+        self.composed: dict[tuple[str, ...], dict] = {}  # a job's overrides but its seed
+        if not enabled:
+            return
+        now = provenance.record()
+        for folder, summary in reuse.completed_runs(list(dirs)):
+            config = reuse.read_config(RunFolder(folder).config)
+            if config is not None and (any_version or not provenance.differences(summary, now)):
+                self.known.add(frozen(reuse.identity(config, str(summary.get("device")))))
+
+    def identity(self, job: Sequence[str]) -> dict:
+        """The job's identity, composing its config once per arm: the seed is one key."""
+        parser = OverridesParser.create()
+        seed = [o for o in job if parser.parse_override(o).key_or_group == "seed"]
+        rest = tuple(o for o in job if o not in seed)
+        if rest not in self.composed:
+            cfg = compose_config(list(rest))
+            self.composed[rest] = reuse.identity(to_plain(cfg),
+                                                 str(resolve_device(cfg.trainer.device)))
+        identity = dict(self.composed[rest])
+        if seed:
+            identity["seed"] = parser.parse_override(seed[0]).value()
+        return identity
+
+    def will_reuse(self, job: Sequence[str]) -> bool:
+        """Whether the job will find an identical run; either way, a later job will find
+        this one."""
+        if not self.enabled:
+            return False
+        key = frozen(self.identity(job))
+        if key in self.known:
+            return True
+        self.known.add(key)
+        return False
