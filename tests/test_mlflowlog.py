@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from mnistcnn.base.config import compose_config
 from mnistcnn.base.errors import Interrupted, UserError
 from mnistcnn.base.run_folder import RunFolder
-from mnistcnn.runs import lifecycle
+from mnistcnn.runs import job, lifecycle
 from mnistcnn.tracking import mlflow_tracker
 
 mlflow = pytest.importorskip("mlflow", reason="pip install -e '.[mlflow]'")
@@ -51,7 +51,7 @@ def test_a_run_is_an_mlflow_run_with_its_settings_curves_results_and_files(
     run_dir.mkdir(parents=True)
     cfg = config(synthetic_dir, store, "trainer.epochs=2", "seed=3", "optim.lr=0.002",
                  "report.enabled=true", "report.plots=[loss]", "logger.log_model=true")
-    summary = lifecycle.train_run(cfg, run_dir)
+    summary = job.train_run(cfg, run_dir)
 
     client, found = the_run(store, run_dir)
     experiment = client.get_experiment(found.info.experiment_id)
@@ -88,13 +88,13 @@ def test_an_interrupted_and_resumed_run_is_one_mlflow_run(synthetic_dir, store, 
     monkeypatch.setattr(lifecycle.StopOnSignal, "__call__", lambda self: bool(
         (run_dir / "metrics.jsonl").read_text()))
     with pytest.raises(Interrupted):
-        lifecycle.train_run(cfg, run_dir)
+        job.train_run(cfg, run_dir)
     client, found = the_run(store, run_dir)
     assert found.info.status == "KILLED" and found.data.tags["status"] == "interrupted"
     assert [s for s, _ in steps(client, found.info.run_id, "train/loss")] == [1]
 
     monkeypatch.undo()
-    lifecycle.resume_run(run_dir)
+    job.resume_run(run_dir)
     client, resumed = the_run(store, run_dir)
     assert resumed.info.run_id == found.info.run_id
     assert resumed.info.status == "FINISHED" and resumed.data.tags["status"] == "completed"
@@ -120,12 +120,12 @@ def test_a_resumed_run_logs_the_epochs_the_store_missed(synthetic_dir, store, tm
     monkeypatch.setattr(lifecycle.StopOnSignal, "__call__", lambda self: len(
         (run_dir / "metrics.jsonl").read_text().splitlines()) >= 2)
     with pytest.raises(Interrupted):
-        lifecycle.train_run(cfg, run_dir)
+        job.train_run(cfg, run_dir)
     client, found = the_run(store, run_dir)
     assert [s for s, _ in steps(client, found.info.run_id, "val/acc")] == [1]
 
     monkeypatch.undo()
-    lifecycle.resume_run(run_dir)
+    job.resume_run(run_dir)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps(client, found.info.run_id, "val/acc") == [(r["epoch"], r["val/acc"])
                                                            for r in records]
@@ -134,7 +134,7 @@ def test_a_resumed_run_logs_the_epochs_the_store_missed(synthetic_dir, store, tm
 def test_a_diverged_run_ends_its_mlflow_run_failed(synthetic_dir, store, tmp_path):
     cfg = config(synthetic_dir, store, "optim=sgd", "optim.lr=1e12")
     with pytest.raises(UserError, match="diverged"):
-        lifecycle.train_run(cfg, tmp_path)
+        job.train_run(cfg, tmp_path)
     client, found = the_run(store, tmp_path)
     assert found.info.status == "FAILED" and found.data.tags["status"] == "diverged"
     # Where it stopped stays in summary.json: the lr curve gains no point from it.

@@ -27,7 +27,7 @@ from mnistcnn.base import errors, run_folder
 from mnistcnn.base.config import compose_config
 from mnistcnn.base.errors import UserError
 from mnistcnn.base.signals import StopOnSignal
-from mnistcnn.runs.lifecycle import train_run
+from mnistcnn.runs.job import train_run
 
 TIMINGS = {"started", "finished", "train_time_s", "data_load_s", "report_time_s",
            "epoch_time_s"}
@@ -144,6 +144,37 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(bigger_dir, r
     assert "resuming" in result.stdout
     assert run_files(killed) == run_files(reference)
     assert not (killed / "last.pt").exists()  # model.pt has the final weights
+
+
+@pytest.mark.slow
+def test_sigkill_in_a_shared_prefix_then_resume_completes_every_arm_as_trained_alone(
+        bigger_dir, reference, tmp_path):
+    """trainer.epochs=1,2 sharing their first epoch: killed in epoch 2 of the group's
+    training, the 1-epoch arm is already complete; the resumed sweep keeps it and writes the
+    2-epoch arm from the group's last.pt. Both equal the runs trained alone, uninterrupted."""
+    sweep = tmp_path / "sweep"
+    args = [a for a in train_args(bigger_dir, sweep) if not a.startswith(("hydra.", "trainer.e"))]
+    args += ["trainer.epochs=1,2", "reuse.shared_epochs=[1,2]", f"hydra.sweep.dir={sweep}"]
+    watched = Watched(["train", "-m", *args[1:]], tmp_path / "stdout.log")
+    watched.wait_inside_epoch(2)
+    assert watched.stop(signal.SIGKILL) == -signal.SIGKILL
+    (short,) = [p for p in sweep.iterdir() if p.name.startswith("0_")]
+    assert json.loads((short / "summary.json").read_text())["status"] == "completed"
+    (group,) = (sweep / ".shared_prefix").iterdir()
+    assert torch.load(group / "last.pt", weights_only=True)["epoch"] == 1
+    result = run_main("train", "-m", *args[1:], "resume=true")
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stdout and not (sweep / ".shared_prefix").exists()
+    (long,) = [p for p in sweep.iterdir() if p.name.startswith("1_")]
+    alone = tmp_path / "alone1"
+    assert run_main(*train_args(bigger_dir, alone, "trainer.epochs=1")).returncode == 0
+
+    def arm_files(run_dir):
+        metrics, summary = run_files(run_dir)
+        assert summary.pop("taken_from") == "trainer.epochs=2"
+        return metrics, summary
+    assert arm_files(short) == run_files(alone)
+    assert arm_files(long) == run_files(reference)
 
 
 @pytest.mark.slow

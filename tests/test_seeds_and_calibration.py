@@ -218,7 +218,8 @@ def fake_calibrator(monkeypatch):
 
 
 def test_dry_run_from_nothing_calibrates_each_arm_once(tmp_path, capsys, fake_calibrator):
-    command.run_studies(["--dry-run", "pooling", "features", "--out", str(tmp_path / "new")])
+    command.run_studies(["--dry-run", "pooling", "features", "--out", str(tmp_path / "new"),
+                         "--no-reuse"])
     out = capsys.readouterr()
     how = "calibrated: 3 epochs of 512 images per arm on cpu"
     assert out.out.splitlines() == [
@@ -228,6 +229,16 @@ def test_dry_run_from_nothing_calibrates_each_arm_once(tmp_path, capsys, fake_ca
     assert len(fake_calibrator.calls) == 10  # arms, not runs
     assert "timing 10 arm(s) with no finished run" in out.err
     assert not (tmp_path / "new").exists()
+    # Sharing: the 10-epoch arms of features are written from the 20-epoch runs' training.
+    fake_calibrator.calls.clear()
+    command.run_studies(["--dry-run", "pooling", "features", "--out", str(tmp_path / "new")])
+    out = capsys.readouterr()
+    shared = "12 written from longer runs' first epochs, 120 epochs not trained"
+    assert out.out.splitlines() == [
+        f"pooling: 2 arm(s) x 3 seed(s) = 6 runs; ~10m00s ({how})",
+        f"features: 8 arm(s) x 3 seed(s) = 24 runs ({shared}); ~20m00s ({how})",
+        f"in all: 30 runs, 30 to run ({shared}); ~30m00s ({how}); no study was run"]
+    assert len(fake_calibrator.calls) == 6 and "timing 6 arm(s)" in out.err
 
 
 # ----------------------------------------------------------------------------- questions

@@ -185,8 +185,8 @@ def test_a_study_that_another_study_trained_too_says_so(tmp_path):
     first, second = md.split("\n## first")[1].split("\n## second")
     assert " in second (reused there, trained once)." in first
     assert " in first (reused from there, trained once)." in second
-    assert "| runs | 6, of which 4 trained and 2 reused from identical runs (`reused_from` in " \
-           "their summary.json) |" in md
+    assert "| runs | 6, of which 4 trained on their own, 2 reused from identical runs " \
+           "(`reused_from` in their summary.json) |" in md
 
 
 def test_a_book_of_short_runs_says_so_at_the_top(book_dir):
@@ -395,10 +395,10 @@ def test_dry_run_plans_every_study_and_runs_nothing(tmp_path, capsys, calibratio
     assert lines == [
         f"dropout: 3 arm(s) x 1 seed(s) = 3 runs; ~5m00s ({how})",
         # Its max arm is dropout's 0.5 (the classic net's default) at quick size: reused.
-        f"pooling: 2 arm(s) x 1 seed(s) = 2 runs (1 reused from identical runs, not trained); "
+        f"pooling: 2 arm(s) x 1 seed(s) = 2 runs (1 reused from identical runs); "
         f"~1m40s ({how})",
         f"features: 4 arm(s) x 1 seed(s) = 4 runs; ~6m40s ({how})",
-        f"in all: 9 runs, 9 to run (1 reused from identical runs, not trained); ~13m20s "
+        f"in all: 9 runs, 9 to run (1 reused from identical runs); ~13m20s "
         f"({how}); no study was run"]
     assert len(calibrations) == 8 and all("quick=on" in job for job in calibrations)
     command.run_studies(["--dry-run", "tiny", "mobilenet"])
@@ -464,7 +464,7 @@ def test_studies_quick_writes_the_book(quick_book):
     assert "| dropout | Does dropout 0.25 or 0.5 help the classic net? | **Smoke runs, not a " \
            "finding** | " in md
     assert "dropout=0.25 − dropout=0.0" in md and "n = 2 per arm" in md
-    assert "| runs | 10, of which 8 trained and 2 reused from identical runs" in md
+    assert "| runs | 10, of which 8 trained on their own, 2 reused from identical runs" in md
     assert "## Machine and time" in md and "--quick" in md
     assert "data:image/png;base64," in (out / "studies.html").read_text()
     record = json.loads((out / book.BOOK_FILE).read_text())

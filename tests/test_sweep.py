@@ -145,16 +145,24 @@ def needs_plugin(name: str) -> None:
 def test_joblib_launcher_runs_a_2_job_sweep(synthetic_dir, tmp_path):
     needs_plugin("hydra_joblib_launcher")
     # No OMP_NUM_THREADS: each job takes its share of the cores itself (jobs.take_share),
-    # and says so first in its log (formerly test_jobs.py's own joblib sweep).
-    result = sweep(tmp_path, synthetic_dir, "seed=0,1", "hydra/launcher=joblib",
+    # and says so first in its log (formerly test_jobs.py's own joblib sweep). The epoch arms
+    # of a seed share their first epoch (runs/shared_prefix.py): the two jobs of a seed run
+    # at once, so one trains the group while the other waits its turn, then takes its arm.
+    result = sweep(tmp_path, synthetic_dir, "seed=0,1", "trainer.epochs=1,2",
+                   "reuse.shared_epochs=[1,2]", "hydra/launcher=joblib",
                    "hydra.launcher.n_jobs=2", in_process=False,
                    env={"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": None})
     assert result.returncode == 0, result.stderr
-    assert [r["n"] for r in table(tmp_path)] == ["2"]
-    logs = sorted(tmp_path.glob("*/train.log"))
-    assert len(logs) == 2
+    assert [r["n"] for r in table(tmp_path)] == ["2", "2"]
+    logs = [log.read_text() for log in sorted(tmp_path.glob("*/train.log"))]
+    assert len(logs) == 4
     for num, log in enumerate(logs):
-        assert log.read_text().startswith(f"job {num} (2 jobs at once): torch threads: ")
+        assert log.startswith(f"job {num} (2 jobs at once): torch threads: ")
+    assert sum("share their first epochs: training to 2" in log for log in logs) == 2
+    assert sum("taken from the trainer.epochs=2 run" in log for log in logs) == 2
+    summaries = [json.loads(p.read_text()) for p in tmp_path.glob("*/summary.json")]
+    assert [s["taken_from"] for s in summaries] == ["trainer.epochs=2"] * 4
+    assert not (tmp_path / ".shared_prefix").exists()
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from mnistcnn.reporting.comparison import write as write_comparison
 from mnistcnn.runs import job_share, rerun
 from mnistcnn.runs.console import console_logging
 from mnistcnn.runs.evaluation import classify, evaluate_run, open_run, write_image_predictions
-from mnistcnn.runs.lifecycle import resume_run, train_run
+from mnistcnn.runs.job import resume_run, train_run
 from mnistcnn.runs.preflight import check_config, check_overrides
 from mnistcnn.training.device import resolve_device
 

@@ -1,5 +1,6 @@
 """One training run in its folder: prepare (check, data, model) -> fit -> finish (test,
-model.pt, report, summary.json); and how a run that ends early is recorded.
+model.pt, report, summary.json); and how a run that ends early is recorded. runs/job.py
+decides whether a job trains at all.
 
 Everything written here is derived from the config and the training itself,
 so `evaluate` can rebuild the evaluation files later from model.pt alone.
@@ -10,57 +11,38 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import closing
-from pathlib import Path
 
 from omegaconf import DictConfig
 from torch import nn
 
 from mnistcnn import models
 from mnistcnn.base import provenance, run_folder
-from mnistcnn.base.config import read_saved_config, saved_config
 from mnistcnn.base.errors import Diverged, Interrupted, UserError
 from mnistcnn.base.formats import amount, pct
-from mnistcnn.base.run_folder import CONFIG, LAST, RunFolder
+from mnistcnn.base.run_folder import RunFolder
 from mnistcnn.base.signals import StopOnSignal
 from mnistcnn.data import dataset
 from mnistcnn.reporting import run_report
 from mnistcnn.reporting.predictions import write_predictions
-from mnistcnn.runs import reuse
 from mnistcnn.runs.console import format_epoch, log_class_findings
 from mnistcnn.runs.preflight import check_run
 from mnistcnn.tracking.trackers import Trackers, open_trackers
-from mnistcnn.training.checkpoints import (
-    load_training_state,
-    run_identity,
-    safe_load,
-    save_checkpoint,
-)
+from mnistcnn.training.checkpoints import load_training_state, run_identity, save_checkpoint
 from mnistcnn.training.cuda_graph import describe_path
 from mnistcnn.training.cuda_graph_policy import GraphPlan, plan_graph
 from mnistcnn.training.device import place_model, resolve_device, seed_everything
-from mnistcnn.training.engine import Training, evaluate, fit
+from mnistcnn.training.engine import EpochEnd, Training, evaluate, fit
+from mnistcnn.training.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
 
-def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
+def run_training(cfg: DictConfig, folder: RunFolder) -> dict:
     """Train as configured, writing metrics.jsonl, last.pt (every epoch), summary.json,
-    predictions.csv, model.pt and the report into run_dir. Returns the summary; its
-    `status` says how the run ended. With cfg.resume, a completed run is returned as it
-    is and an interrupted one continues from its last.pt. With cfg.reuse.dirs, a completed
-    run there that trained the same is copied instead (runs/reuse.py)."""
-    folder = RunFolder(Path(run_dir))
-    if cfg.get("resume") and folder.summary.is_file():
-        previous = run_folder.read_json(folder.summary)
-        if previous.get("status") == "completed":
-            log.info("%s already completed (test/acc %s); skipped", folder.shown,
-                     pct(previous["test/acc"]))
-            return previous
-    if cfg.reuse.dirs:
-        found = reuse.find(cfg, str(resolve_device(cfg.trainer.device)), folder.path)
-        if found is not None:
-            return reuse.take(found, folder)
+    predictions.csv, model.pt and the report into the folder. Returns the summary; its
+    `status` says how the run ended. With cfg.resume it continues from last.pt."""
     summary = {"status": "running", "model": cfg.model.name, "seed": cfg.seed,
                "started": run_folder.utc_now(), **provenance.record()}
     trackers = None
@@ -107,10 +89,12 @@ def prepare(cfg: DictConfig, device, summary: dict) -> tuple[dataset.Data, nn.Mo
 
 
 def train(cfg: DictConfig, folder: RunFolder, data: dataset.Data, model: nn.Module,
-          plan: GraphPlan, summary: dict, trackers: Trackers) -> Training:
+          plan: GraphPlan, summary: dict, trackers: Trackers,
+          on_epoch: Callable[[EpochEnd, Training], None] | None = None) -> Training:
     """fit, continuing from last.pt when resuming; every epoch is appended to metrics.jsonl,
-    saved in last.pt, sent to the trackers and logged as it ends. Returns the Training (its
-    records and early stopping; the model holds the weights the run keeps)."""
+    handed to on_epoch, saved in last.pt, sent to the trackers and logged as it ends.
+    Returns the Training (its records and early stopping; the model holds the weights the
+    run keeps)."""
     state = load_training_state(folder.last) if cfg.get("resume") else None
     done = (state or {}).get("records", [])
     # metrics.jsonl restarts from what last.pt knows: an epoch appended after the
@@ -127,6 +111,8 @@ def train(cfg: DictConfig, folder: RunFolder, data: dataset.Data, model: nn.Modu
                 for epoch in epochs:
                     summary.update(epoch.train_path)
                     run_folder.append_jsonl(folder.metrics, epoch.record)
+                    if on_epoch is not None:  # before last.pt: a resume repeats it
+                        on_epoch(epoch, training)
                     run_folder.save_torch(folder.last, {**epoch.state, **run_identity(cfg, data)})
                     trackers.epoch(epoch.record)
                     log.info(format_epoch(epoch.record, cfg.trainer.epochs))
@@ -143,22 +129,29 @@ def finish(cfg: DictConfig, folder: RunFolder, data: dataset.Data, training: Tra
            summary: dict) -> None:
     """The kept weights on the test set, predictions.csv, model.pt, the report and the
     completed summary.json; last.pt goes."""
-    model, records = training.model, training.records
-    test_loss, test_acc, logits = evaluate(model, data.test, data, training.loss_fn,
+    write_result(cfg, folder, data, training.model, training.records, training.stopper,
+                 training.loss_fn, summary)
+    # model.pt holds the kept weights; the resume state is no longer needed.
+    folder.last.unlink(missing_ok=True)
+
+
+def write_result(cfg: DictConfig, folder: RunFolder, data: dataset.Data, model: nn.Module,
+                 records: list[dict], stopper: EarlyStopping, loss_fn, summary: dict) -> None:
+    """What a completed run leaves in folder, from the weights it keeps and its epochs: the
+    test set's scores, predictions.csv, model.pt, the report and summary.json."""
+    test_loss, test_acc, logits = evaluate(model, data.test, data, loss_fn,
                                            cfg.trainer.eval_batch_size, cfg.trainer.precision)
     write_predictions(folder.predictions, data.test.labels, logits)
     save_checkpoint(folder.model, model, cfg, data)
     summary.update({f"final/{k}": v for k, v in records[-1].items()
                     if k in ("train/loss", "train/acc", "val/loss", "val/acc")})
     summary.update({"test/loss": test_loss, "test/acc": test_acc, "epochs": len(records),
-                    **training.stopper.summary(cfg.trainer.epochs, len(records)),
+                    **stopper.summary(cfg.trainer.epochs, len(records)),
                     "status": "completed", "finished": run_folder.utc_now()})
     t0 = time.perf_counter()
     summary.update(run_report.write_run_files(folder.path, cfg, model, data, summary))
     summary["report_time_s"] = round(time.perf_counter() - t0, 3)
     run_folder.write_json(folder.summary, summary)
-    # model.pt holds the kept weights; the resume state is no longer needed.
-    folder.last.unlink(missing_ok=True)
     log.info("test/loss %s  test/acc %s  (%d epochs, %ss training)  -> %s",
              amount(test_loss, "loss"), pct(test_acc), len(records),
              amount(summary["train_time_s"], "time"), folder.shown)
@@ -185,18 +178,3 @@ def record_end(error: BaseException, folder: RunFolder, summary: dict) -> None:
         run_folder.write_json(folder.summary, summary)
     except (OSError, UserError):
         log.error("could not write %s", folder.summary)
-
-
-def resume_run(run_dir: str | Path) -> dict:
-    """`train resume=PATH`: continue a run in its own folder with its saved config."""
-    folder = RunFolder(Path(run_dir))
-    if folder.last.is_file():
-        cfg = saved_config(safe_load(folder.last, "an mnistcnn resume checkpoint")["config"])
-    elif folder.config.is_file():  # stopped before its first epoch ended: start it again
-        cfg = saved_config(read_saved_config(folder.config, "restore it, or start the run "
-                                             "again with `train`"))
-    else:
-        raise UserError(f"{folder.path} is not a run folder (no {LAST} or {CONFIG}); "
-                        f"pass resume=PATH of a folder written by `train`")
-    cfg.resume = True
-    return train_run(cfg, folder.path)

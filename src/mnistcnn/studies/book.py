@@ -30,6 +30,7 @@ from mnistcnn.reporting.comparison import Comparison, Row
 from mnistcnn.reporting.markup import Block, Heading, Paragraph, Section, Table
 from mnistcnn.reporting.metrics import Stat, pooled
 from mnistcnn.runs.reuse import OTHER_CODE, REUSED_FROM
+from mnistcnn.runs.shared_prefix import TAKEN_FROM
 from mnistcnn.studies import questions, study_files
 
 BOOK_FILE = "book.json"  # what `studies` records: command(s), wall times, machine, studies
@@ -243,6 +244,14 @@ def reused(run: Run) -> bool:
     return REUSED_FROM in run.summary
 
 
+def from_longer(run: Run) -> bool:
+    """Whether a run is a shorter epoch arm written from a longer arm's training
+    ("taken_from": trainer.epochs=LONGEST; the longest arm itself was trained)."""
+    taken = str(run.summary.get(TAKEN_FROM, ""))
+    return taken.startswith("trainer.epochs=") and \
+        int(taken.partition("=")[2]) != run.config.get("trainer.epochs")
+
+
 def shortened_note(book: Book) -> list[str]:
     """The warning at the top of a book whose runs are shorter than the protocol."""
     if not book.shortened:
@@ -306,15 +315,20 @@ def machine_rows(book: Book) -> list[list[str]]:
 
 
 def runs_made(book: Book) -> str:
-    """How many runs the studies hold and how many of them were trained: a run reused from
-    another study or book (runs/reuse.py) holds that run's files."""
+    """How many runs the studies hold and how many of them were trained on their own: a run
+    reused from another study or book (runs/reuse.py) holds that run's files, and an epoch
+    arm taken from a longer arm's training (runs/shared_prefix.py) was not trained alone."""
     runs = [r for s in book.studies if s.comparison for r in s.comparison.runs]
     copies = sum(reused(r) for r in runs)
-    text = f"{len(runs)}"
-    if copies:
-        text += (f", of which {len(runs) - copies} trained and {copies} reused from identical "
-                 f"runs (`{REUSED_FROM}` in their {SUMMARY})")
-    return text
+    taken = sum(from_longer(r) and not reused(r) for r in runs)
+    parts = [f"{copies} reused from identical runs (`{REUSED_FROM}` in their {SUMMARY})"
+             ] if copies else []
+    if taken:
+        parts.append(f"{taken} written from a longer run's first epochs (`{TAKEN_FROM}`)")
+    if not parts:
+        return f"{len(runs)}"
+    return (f"{len(runs)}, of which {len(runs) - copies - taken} trained on their own, "
+            + " and ".join(parts))
 
 
 def code_version(summary: dict) -> str:

@@ -4,7 +4,7 @@ to the arm's full protocol.
 
 A run's time is a part that grows with its epochs (its training images, and the validation
 images evaluated after each epoch) and a part that does not (reading the data, building
-the model, the test set, the files). A calibration is one real run (run.train_run) of the
+the model, the test set, the files). A calibration is one real run (runs/job.train_run) of the
 arm's own config cut to CALIBRATION_EPOCHS epochs of CALIBRATION_IMAGES training images and
 no validation split (what watched it watches train/loss instead), so that an epoch is
 training alone. From its summary.json and metrics.jsonl:
@@ -142,7 +142,7 @@ class Calibrator:
         cfg = compose_config(overrides)
         key = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "study"})
         if key not in self.rates:
-            from mnistcnn.runs.lifecycle import (
+            from mnistcnn.runs.job import (
                 train_run,  # here: planning without calibrating needs none
             )
 

@@ -254,8 +254,21 @@ def book_args(studies: Sequence[StudyFile], out: Path, opts: argparse.Namespace,
     """(each study's `train -m` overrides, the search path override), people's study files
     copied where Hydra finds them (search_root)."""
     search = study_files.search_overrides(studies, search_root)
-    return ({s.name: study_overrides(s.name, out, opts, [*search, *overrides])
-             for s in studies}, search)
+    per_study = {s.name: study_overrides(s.name, out, opts, [*search, *overrides])
+                 for s in studies}
+    if not opts.no_reuse:
+        for args in per_study.values():
+            args += shared_epochs(args)
+    return per_study, search
+
+
+def shared_epochs(study_args: list[str]) -> list[str]:
+    """reuse.shared_epochs=[...] for a study whose sweep varies trainer.epochs: its arms
+    that differ only there train once, to the longest (runs/shared_prefix.py)."""
+    jobs = sweep_jobs(study_args)
+    levels = study_files.swept_levels(list(jobs) if jobs is not None else []).get(
+        "trainer.epochs")
+    return [f"reuse.shared_epochs=[{','.join(levels)}]"] if levels else []
 
 
 FROM_RUNS = "from finished runs of the same arm"
@@ -318,10 +331,10 @@ def decided_text(answer: questions.Answer, n: str) -> str:
 
 
 def question_lines(p: study_files.Plan, overrides: list[str], out: Path,
-                   calibrator: calibration.Calibrator) -> list[str]:
+                   calibrator: calibration.Calibrator, reusing: ReusePlan) -> list[str]:
     """Each question of a started study: decided, or the seeds per arm that would decide it
     (Answer.seeds_needed: the N of --seeds N) and what --seeds N would add to the book, timed
-    as the plan times runs."""
+    as the plan times runs (what it would reuse or share costing nothing)."""
     lines, costs = [], {}
     for number, answer in enumerate(answers_of(out, p.name), 1):
         head = f"  Q{number} {answer.question.ask}"
@@ -330,17 +343,25 @@ def question_lines(p: study_files.Plan, overrides: list[str], out: Path,
             lines.append(f"{head}: {decided_text(answer, sample_size(p.finished))}")
             continue
         if needed not in costs:
-            more = study_files.plan(p.name, with_seeds(overrides, needed), out / p.name)
+            more = study_files.plan(p.name, with_seeds(overrides, needed), out / p.name,
+                                    reusing.fork())
             calibrate([more], {p.name: overrides}, calibrator)
             estimate = plan_estimate(more, calibrator.how)
-            costs[needed] = f"adds {more.pending} runs" + (f", {estimate}" if estimate else "")
+            costs[needed] = (f"adds {more.pending} runs"
+                             + reuse_text(more.reused, more.shared, more.shared_epochs)
+                             + (f", {estimate}" if estimate else ""))
         lines.append(f"{head}: {needed} seeds per arm would decide it: --seeds {needed} "
                      f"{costs[needed]}")
     return lines
 
 
-def reuse_text(reused: int) -> str:
-    return f" ({reused} reused from identical runs, not trained)" if reused else ""
+def reuse_text(reused: int, shared: int, shared_epochs: int) -> str:
+    """What a plan will not train: runs reused, and runs written from a longer arm."""
+    parts = [f"{reused} reused from identical runs"] if reused else []
+    if shared:
+        parts.append(f"{shared} written from longer runs' first epochs, {shared_epochs} "
+                     f"epochs not trained")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def dry_run(per_study: dict[str, list[str]], out: Path, opts: argparse.Namespace) -> None:
@@ -348,8 +369,9 @@ def dry_run(per_study: dict[str, list[str]], out: Path, opts: argparse.Namespace
     finished run are timed by a calibration here (in a scratch folder, then deleted); runs
     that will be reused (reuse_plan.py) take no time."""
     resuming = out.is_dir()
-    reusing = ReusePlan([*([str(out)] if resuming else []), *opts.reuse_from],
-                        opts.reuse_any_version, enabled=not opts.no_reuse)
+    start = ReusePlan([*([str(out)] if resuming else []), *opts.reuse_from],
+                      opts.reuse_any_version, enabled=not opts.no_reuse)
+    reusing = start.fork()  # the book's runs in order; a question's extra seeds from start
     plans = [study_files.plan(name, args, out / name if resuming else None, reusing)
              for name, args in per_study.items()]
     calibrator = calibration.Calibrator()
@@ -365,19 +387,20 @@ def dry_run(per_study: dict[str, list[str]], out: Path, opts: argparse.Namespace
         line = f"{p.name}: {p.arms} arm(s) x {p.seeds} seed(s) = {p.runs} runs"
         if resuming:
             line += f"; {p.complete} complete in {out / p.name}, {p.pending} to run"
-        line += reuse_text(p.reused)
+        line += reuse_text(p.reused, p.shared, p.shared_epochs)
         estimate = plan_estimate(p, calibrator.how)
         print(line + (f"; {estimate}" if estimate else ""))
         if resuming and any(p.finished):
-            for text in question_lines(p, per_study[p.name], out, calibrator):
+            for text in question_lines(p, per_study[p.name], out, calibrator, start):
                 print(text)
     pending = sum(p.pending for p in plans)
-    reused = sum(p.reused for p in plans)
-    estimate = estimate_text(pending - reused, sum(p.timed_s for p in plans),
+    estimate = estimate_text(sum(p.to_train for p in plans), sum(p.timed_s for p in plans),
                              sum(p.timed for p in plans), sum(p.calibrated_s for p in plans),
                              sum(p.calibrated for p in plans), calibrator.how,
                              [f for p in plans for f in p.failed])
-    print(f"in all: {sum(p.runs for p in plans)} runs, {pending} to run" + reuse_text(reused)
+    saved = reuse_text(*(sum(getattr(p, k) for p in plans)
+                         for k in ("reused", "shared", "shared_epochs")))
+    print(f"in all: {sum(p.runs for p in plans)} runs, {pending} to run" + saved
           + (f"; {estimate}" if estimate else "") + "; no study was run")
 
 

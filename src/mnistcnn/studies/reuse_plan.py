@@ -1,19 +1,22 @@
 """What a book's plan will reuse rather than train (--dry-run): a pending job whose
 settings, device and code match a completed run where its jobs will look (the book and
 --reuse-from folders, runs/reuse.py), or a job planned before it in the same book, which
-will have completed by the time it runs."""
+will have completed by the time it runs; and the epoch arms written from a longer arm's
+training (runs/shared_prefix.py)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig
 
 from mnistcnn.base import provenance
 from mnistcnn.base.config import compose_config, to_plain
 from mnistcnn.base.run_folder import RunFolder
-from mnistcnn.runs import reuse
+from mnistcnn.runs import reuse, shared_prefix
 from mnistcnn.training.device import resolve_device
 
 
@@ -28,7 +31,7 @@ class ReusePlan:
     def __init__(self, dirs: Sequence[str], any_version: bool, enabled: bool = True):
         self.enabled = enabled
         self.known: set[str] = set()
-        self.composed: dict[tuple[str, ...], dict] = {}  # a job's overrides but its seed
+        self.composed: dict[tuple[str, ...], DictConfig] = {}  # a job's overrides but its seed
         if not enabled:
             return
         now = provenance.record()
@@ -37,19 +40,36 @@ class ReusePlan:
             if config is not None and (any_version or not provenance.differences(summary, now)):
                 self.known.add(frozen(reuse.identity(config, str(summary.get("device")))))
 
-    def identity(self, job: Sequence[str]) -> dict:
-        """The job's identity, composing its config once per arm: the seed is one key."""
+    def fork(self) -> ReusePlan:
+        """A plan that knows what this one knows now and learns on its own from here."""
+        other = copy.copy(self)
+        other.known = set(self.known)
+        return other
+
+    def config(self, job: Sequence[str]) -> DictConfig:
+        """The job's config, composed once per arm: the seed changes one key."""
         parser = OverridesParser.create()
         seed = [o for o in job if parser.parse_override(o).key_or_group == "seed"]
         rest = tuple(o for o in job if o not in seed)
         if rest not in self.composed:
-            cfg = compose_config(list(rest))
-            self.composed[rest] = reuse.identity(to_plain(cfg),
-                                                 str(resolve_device(cfg.trainer.device)))
-        identity = dict(self.composed[rest])
+            self.composed[rest] = compose_config(list(rest))
+        cfg = self.composed[rest].copy()
         if seed:
-            identity["seed"] = parser.parse_override(seed[0]).value()
-        return identity
+            cfg.seed = parser.parse_override(seed[0]).value()
+        return cfg
+
+    def identity(self, job: Sequence[str]) -> dict:
+        cfg = self.config(job)
+        return reuse.identity(to_plain(cfg), str(resolve_device(cfg.trainer.device)))
+
+    def shared_epochs(self, job: Sequence[str]) -> int:
+        """The epochs the job takes from a longer arm's training instead of training them:
+        all of its own when a longer level of its group shares them, else 0."""
+        if not self.enabled:
+            return 0
+        cfg = self.config(job)
+        levels = shared_prefix.levels(cfg)
+        return cfg.trainer.epochs if levels and cfg.trainer.epochs < levels[-1] else 0
 
     def will_reuse(self, job: Sequence[str]) -> bool:
         """Whether the job will find an identical run; either way, a later job will find

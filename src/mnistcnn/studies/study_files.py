@@ -216,6 +216,8 @@ class Plan:
     failed: list[str] = field(default_factory=list)  # why an untimed arm has no estimate
     finished: list[int] = field(default_factory=list)  # completed runs of each arm in folder
     reused: int = 0  # pending runs that will be copied from an identical run, not trained
+    shared: int = 0  # pending runs written from a longer epoch arm's training
+    shared_epochs: int = 0  # the epochs those runs do not train
 
     @property
     def pending(self) -> int:
@@ -223,7 +225,7 @@ class Plan:
 
     @property
     def to_train(self) -> int:
-        return self.pending - self.reused
+        return self.pending - self.reused - self.shared
 
 
 def job_key(overrides: Sequence[str], leave_out: Sequence[str] = ()) -> frozenset:
@@ -275,9 +277,9 @@ def listed_jobs(name: str, overrides: Sequence[str]) -> list[list[str]]:
 def plan(name: str, overrides: Sequence[str], folder: Path | None,
          reusing: ReusePlan | None = None) -> Plan:
     """Arms x seeds of one study as `train -m OVERRIDES` would run it, what of it is complete
-    in folder, what `reusing` says will be reused, and the time of the rest from finished
-    runs of the same arm there; the arms with no finished run to time are left in
-    Plan.untimed."""
+    in folder, what `reusing` says will be reused or written from a longer arm, and the time
+    of the rest from finished runs of the same arm there; the arms with no finished run to
+    time are left in Plan.untimed."""
     jobs = listed_jobs(name, overrides)
     keys = [job_key(j) for j in jobs]
     arms = [arm_of(k) for k in keys]
@@ -293,6 +295,9 @@ def plan(name: str, overrides: Sequence[str], folder: Path | None,
             result.complete += 1
         elif reusing is not None and reusing.will_reuse(job):
             result.reused += 1
+        elif reusing is not None and (epochs := reusing.shared_epochs(job)):
+            result.shared += 1
+            result.shared_epochs += epochs
         elif arm in by_arm:
             result.timed_s += statistics.fmean(by_arm[arm])
             result.timed += 1
