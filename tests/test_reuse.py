@@ -78,3 +78,14 @@ def test_studies_look_in_the_book_and_the_folders_named_unless_told_not_to(tmp_p
         overrides_of("--reuse-from", "nowhere")
     with pytest.raises(UserError, match="--no-reuse with --reuse-from or --reuse-any-version"):
         overrides_of("--no-reuse", "--reuse-any-version")
+
+
+def test_a_rerun_of_a_reused_run_trains(train, tmp_path):
+    book = tmp_path / "book"
+    train(book / "one" / "0_a")
+    train(book / "two" / "0_b", f"reuse.dirs=[{book}]")
+    result = run_main("train", f"rerun={book / 'two' / '0_b'}",
+                      f"hydra.run.dir={book / 'two' / '1_c'}")
+    assert result.returncode == 0, result.stderr
+    rerun = json.loads((book / "two" / "1_c" / "summary.json").read_text())
+    assert "reused_from" not in rerun and rerun["train_time_s"] > 0

@@ -11,6 +11,7 @@ import torch
 from conftest import run_main
 
 from mnistcnn.base.config_keys import NOT_SETTINGS, flatten
+from mnistcnn.runs import lifecycle
 from mnistcnn.studies import book
 
 TIMINGS = {"started", "finished", "train_time_s", "data_load_s", "report_time_s",
@@ -81,3 +82,28 @@ def test_a_schedule_spread_over_the_epochs_trains_each_arm_alone(synthetic_dir, 
     assert "not shared: sched=cosine spreads over the epochs" in result.stdout
     assert all("taken_from" not in json.loads((job / "summary.json").read_text())
                for job in jobs(sweep))
+
+
+def test_an_interrupted_group_keeps_the_arm_it_wrote_and_a_resume_writes_the_rest(
+        synthetic_dir, tmp_path, monkeypatch):
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", *common(synthetic_dir), "trainer.epochs=1,3",
+            "reuse.shared_epochs=[1,3]", f"hydra.sweep.dir={sweep}"]
+    # Ctrl-C as soon as the 1-epoch arm is written, in the group's second epoch.
+    monkeypatch.setattr(lifecycle.StopOnSignal, "__call__",
+                        lambda self: any(sweep.glob("0_*/summary.json")))
+    result = run_main(*args)
+    assert result.returncode == 130, result.stderr
+    monkeypatch.undo()
+    (short,) = jobs(sweep)
+    assert json.loads((short / "summary.json").read_text())["status"] == "completed"
+    (group,) = (sweep / ".shared_prefix").iterdir()
+    assert json.loads((group / "summary.json").read_text())["status"] == "interrupted"
+    result = run_main(*args, "resume=true")
+    assert result.returncode == 0, result.stderr
+    assert "already completed" in result.stdout and "resuming" in result.stdout
+    alone = tmp_path / "alone"
+    assert run_main("train", *common(synthetic_dir), "trainer.epochs=3",
+                    f"hydra.run.dir={alone}").returncode == 0
+    assert files(jobs(sweep)[1]) == files(alone)
+    assert not (sweep / ".shared_prefix").exists()

@@ -180,13 +180,15 @@ def test_a_study_that_another_study_trained_too_says_so(tmp_path):
     for seed in (0, 1):
         path = tmp_path / "second" / f"{seed}_pool=max,seed={seed}" / "summary.json"
         path.write_text(json.dumps(dict(json.loads(path.read_text()),
-                                        reused_from=f"first/{seed}_pool=max,seed={seed}")))
+                                        reused_from=f"first/{seed}_pool=max,seed={seed}",
+                                        reused_from_other_code=["torch 2.0 -> 2.1"])))
     md = book.markdown(book.load(tmp_path, ["first", "second"]))
     first, second = md.split("\n## first")[1].split("\n## second")
     assert " in second (reused there, trained once)." in first
     assert " in first (reused from there, trained once)." in second
     assert "| runs | 6, of which 4 trained on their own, 2 reused from identical runs " \
            "(`reused_from` in their summary.json) |" in md
+    assert "| reused from other code | torch 2.0 -> 2.1 |" in md  # --reuse-any-version
 
 
 def test_a_book_of_short_runs_says_so_at_the_top(book_dir):

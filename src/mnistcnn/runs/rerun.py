@@ -67,6 +67,7 @@ def expand(args: list[str]) -> list[str]:
     for group in chosen:  # the command line's option, with its own defaults
         saved.pop(group)
     saved.resume = False  # a new run, even when the saved one was a resumed job
+    saved.pop("reuse", None)  # and trained: not copied from the run it reruns, nor its group
     ConfigStore.instance().store(group="rerun", name="saved", package="_global_",
                                  node=OmegaConf.to_container(saved))
     warn_if_code_differs(Path(run))

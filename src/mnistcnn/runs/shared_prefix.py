@@ -124,10 +124,16 @@ def train_group(cfg: DictConfig, job: RunFolder, group: RunFolder, shared: list[
         lifecycle.train(longest, group, data, model, plan, summary, trackers, writer.on_epoch)
         trackers.finish(summary)
     except BaseException as e:
-        for folder in (group, job):
-            lifecycle.record_end(e, folder, dict(summary))
+        lifecycle.record_end(e, group, dict(summary))
         if trackers is not None:
             trackers.close(summary)
+        if is_complete(job):  # its own arm was written before: it stays as it is
+            if isinstance(e, Exception):  # the longer arms' jobs meet the error themselves
+                log.warning("the training of the longer arms ended early (%s); this run's "
+                            "%d epochs were complete before", e, cfg.trainer.epochs)
+                return run_folder.read_json(job.summary)
+            raise
+        lifecycle.record_end(e, job, dict(summary))
         if isinstance(e, Diverged):  # as a run alone: the sweep goes on (lifecycle.py)
             raise UserError(str(e)) from e
         raise
