@@ -4,7 +4,7 @@ to the arm's full protocol.
 
 A run's time is a part that grows with its epochs (its training images, and the validation
 images evaluated after each epoch) and a part that does not (reading the data, building
-the model, the test set, the files). A calibration is one real run (runs/job.train_run) of the
+the model, the test set, the files). A calibration is one real run (runs/lifecycle) of the
 arm's own config cut to CALIBRATION_EPOCHS epochs of CALIBRATION_IMAGES training images and
 no validation split (what watched it watches train/loss instead), so that an epoch is
 training alone. From its summary.json and metrics.jsonl:
@@ -140,16 +140,16 @@ class Calibrator:
     def calibrate(self, overrides: list[str]) -> Rates:
         """The rates of the calibration config of these overrides (measured once)."""
         cfg = compose_config(overrides)
-        key = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "study"})
+        key = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k not in ("study", "reuse")})
         if key not in self.rates:
-            from mnistcnn.runs.job import (
-                train_run,  # here: planning without calibrating needs none
-            )
+            # Imported here: planning without calibrating needs none of it. A calibration
+            # trains (never reuses a run: its time is the point).
+            from mnistcnn.runs.lifecycle import run_training
 
             sizes = self.sizes(cfg)
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="mnistcnn-calibration-") as scratch, quiet():
-                train_run(cfg, scratch)
+                run_training(cfg, RunFolder(Path(scratch)))
                 wall = time.perf_counter() - t0
                 self.rates[key] = rates_of(Path(scratch), wall, sizes)
             self.spent_s += time.perf_counter() - t0
