@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, run_main
 
 MEASUREMENTS = ROOT / "docs" / "measurements.md"
@@ -74,6 +75,7 @@ def test_no_page_but_measurements_carries_a_date():
                                f"a dated figure belongs in docs/measurements.md, linked from here")
 
 
+@pytest.mark.slow  # the whole dry run of the published book: ~20 s of composing its arms
 def test_the_guide_shows_the_published_books_plan_as_the_command_prints_it():
     guide = (ROOT / "docs" / "studies-guide.md").read_text()
     block = guide.split(PLAN_COMMAND + "\n", 1)[1].split("\n\n", 1)[0]

@@ -231,14 +231,13 @@ def test_dry_run_from_nothing_calibrates_each_arm_once(tmp_path, capsys, fake_ca
     assert not (tmp_path / "new").exists()
     # Sharing: the 10-epoch arms of features are written from the 20-epoch runs' training.
     fake_calibrator.calls.clear()
-    command.run_studies(["--dry-run", "pooling", "features", "--out", str(tmp_path / "new")])
+    command.run_studies(["--dry-run", "features", "--out", str(tmp_path / "new")])
     out = capsys.readouterr()
     shared = "12 written from longer runs' first epochs, 120 epochs not trained"
     assert out.out.splitlines() == [
-        f"pooling: 2 arm(s) x 3 seed(s) = 6 runs; ~10m00s ({how})",
         f"features: 8 arm(s) x 3 seed(s) = 24 runs ({shared}); ~20m00s ({how})",
-        f"in all: 30 runs, 30 to run ({shared}); ~30m00s ({how}); no study was run"]
-    assert len(fake_calibrator.calls) == 6 and "timing 6 arm(s)" in out.err
+        f"in all: 24 runs, 24 to run ({shared}); ~20m00s ({how}); no study was run"]
+    assert len(fake_calibrator.calls) == 4 and "timing 4 arm(s)" in out.err
 
 
 # ----------------------------------------------------------------------------- questions

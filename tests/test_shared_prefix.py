@@ -84,6 +84,7 @@ def test_a_schedule_spread_over_the_epochs_trains_each_arm_alone(synthetic_dir, 
                for job in jobs(sweep))
 
 
+@pytest.mark.slow  # an interrupted sweep and its resume (kill -9: test_robustness.py)
 def test_an_interrupted_group_keeps_the_arm_it_wrote_and_a_resume_writes_the_rest(
         synthetic_dir, tmp_path, monkeypatch):
     sweep = tmp_path / "sweep"

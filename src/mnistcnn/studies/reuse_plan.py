@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
@@ -32,6 +33,8 @@ class ReusePlan:
         self.enabled = enabled
         self.known: set[str] = set()
         self.composed: dict[tuple[str, ...], DictConfig] = {}  # a job's overrides but its seed
+        self.identities: dict[tuple[str, ...], dict] = {}  # the same, their identity
+        self.parser = OverridesParser.create()
         if not enabled:
             return
         now = provenance.record()
@@ -46,28 +49,30 @@ class ReusePlan:
         other.known = set(self.known)
         return other
 
-    def config(self, job: Sequence[str]) -> DictConfig:
-        """The job's config, composed once per arm: the seed changes one key."""
-        parser = OverridesParser.create()
-        seed = [o for o in job if parser.parse_override(o).key_or_group == "seed"]
+    def arm(self, job: Sequence[str]) -> tuple[tuple[str, ...], DictConfig, Any]:
+        """(the job's overrides but its seed, their config composed once, the seed or
+        None): the seed changes one key, so each arm is composed once."""
+        seed = [o for o in job if self.parser.parse_override(o).key_or_group == "seed"]
         rest = tuple(o for o in job if o not in seed)
         if rest not in self.composed:
             self.composed[rest] = compose_config(list(rest))
-        cfg = self.composed[rest].copy()
-        if seed:
-            cfg.seed = parser.parse_override(seed[0]).value()
-        return cfg
+        return rest, self.composed[rest], \
+            self.parser.parse_override(seed[0]).value() if seed else None
 
     def identity(self, job: Sequence[str]) -> dict:
-        cfg = self.config(job)
-        return reuse.identity(to_plain(cfg), str(resolve_device(cfg.trainer.device)))
+        rest, cfg, seed = self.arm(job)
+        if rest not in self.identities:
+            self.identities[rest] = reuse.identity(to_plain(cfg),
+                                                   str(resolve_device(cfg.trainer.device)))
+        identity = self.identities[rest]
+        return identity if seed is None else {**identity, "seed": seed}
 
     def shared_epochs(self, job: Sequence[str]) -> int:
         """The epochs the job takes from a longer arm's training instead of training them:
         all of its own when a longer level of its group shares them, else 0."""
         if not self.enabled:
             return 0
-        cfg = self.config(job)
+        cfg = self.arm(job)[1]
         levels = shared_prefix.levels(cfg)
         return cfg.trainer.epochs if levels and cfg.trainer.epochs < levels[-1] else 0
 
