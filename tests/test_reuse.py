@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import run_main
 
 from mnistcnn.base.errors import UserError
@@ -89,3 +90,17 @@ def test_a_rerun_of_a_reused_run_trains(train, tmp_path):
     assert result.returncode == 0, result.stderr
     rerun = json.loads((book / "two" / "1_c" / "summary.json").read_text())
     assert "reused_from" not in rerun and rerun["train_time_s"] > 0
+
+
+def test_a_cpu_run_of_another_thread_count_is_reused_only_when_asked(train, tmp_path):
+    # Sums split over another number of threads give other last digits: not the same run.
+    book = tmp_path / "book"
+    first, _ = train(book / "one" / "0_a")
+    assert first["cpu_threads"] == torch.get_num_threads()
+    summary = book / "one" / "0_a" / "summary.json"
+    summary.write_text(json.dumps(dict(first, cpu_threads=first["cpu_threads"] + 1)))
+    trained, _ = train(book / "two" / "0_b", f"reuse.dirs=[{book}]")
+    assert "reused_from" not in trained
+    reused, _ = train(book / "two" / "0_c", f"reuse.dirs=[{book}]", "reuse.any_version=true")
+    assert reused["reused_from_other_code"] == [
+        f"torch threads {first['cpu_threads'] + 1} -> {first['cpu_threads']}"]

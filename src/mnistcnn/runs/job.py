@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from mnistcnn.base import run_folder
@@ -35,7 +36,8 @@ def train_run(cfg: DictConfig, run_dir: str | Path) -> dict:
                      pct(previous["test/acc"]))
             return previous
     if cfg.reuse.dirs:
-        found = reuse.find(cfg, str(resolve_device(cfg.trainer.device)), folder.path)
+        found = reuse.find(cfg, str(resolve_device(cfg.trainer.device)),
+                           torch.get_num_threads(), folder.path)
         if found is not None:
             return reuse.take(found, folder)
     shared = shared_prefix.levels(cfg)

@@ -65,6 +65,12 @@ def parallel_jobs(hydra: Any) -> int:
     return effective_jobs(int(launcher.get("n_jobs") or 1), cpu_cores())
 
 
+def planned_threads(n_jobs: int) -> int:
+    """The torch threads each job of a sweep of n_jobs at once will take on the CPU."""
+    threads = share(0, n_jobs, os.environ, cpu_cores(), cuda_count=0).threads
+    return threads if threads is not None and n_jobs > 1 else torch.get_num_threads()
+
+
 def take_share(hydra: Any, on_gpu: bool) -> None:
     """In a job of a parallel sweep (hydra = HydraConfig.get()): take its GPU (when it
     trains on one) and its threads, and say so in its log."""

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
@@ -70,6 +71,8 @@ def start(cfg: DictConfig, folder: RunFolder, summary: dict):
     device = resolve_device(cfg.trainer.device)
     plan = plan_graph(cfg, device)
     summary["device"] = str(device)
+    if device.type == "cpu":  # the thread count changes a CPU run's numbers in the last digits
+        summary["cpu_threads"] = torch.get_num_threads()
     run_folder.write_json(folder.summary, summary)
     return device, plan
 

@@ -1,6 +1,7 @@
 """Reuse of identical runs: before a job trains, a completed run that trained exactly what
 it would (the same settings, config_keys.settings: model, data, split, optimizer, schedule,
-loss, trainer, seed; on the same device; by the same code, provenance.differences) is looked
+loss, trainer, seed; on the same device, with the same torch threads on the CPU; by the
+same code, provenance.differences) is looked
 for in the folders of `reuse.dirs`, at any depth. A match is copied into the job's folder
 instead of trained, and its summary.json says where it came from ("reused_from").
 
@@ -51,6 +52,15 @@ class Found:
     differences: list[str]  # how the code that made it differs from this code; [] = same
 
 
+def thread_difference(summary: dict, device: str, threads: int) -> list[str]:
+    """On the CPU the torch thread count changes the numbers (sums split differently): a run
+    made with another count, or none recorded, differs as other code does."""
+    made = summary.get("cpu_threads")
+    if device != "cpu" or made == threads:
+        return []
+    return [f"torch threads {made if made is not None else 'not recorded'} -> {threads}"]
+
+
 def identity(config: dict, device: str) -> dict:
     """What decides a run's numbers apart from the code: its settings and its device."""
     return {**settings(config), "device": device}
@@ -81,16 +91,18 @@ def completed_runs(dirs: list[str], own: Path | None = None) -> Iterator[tuple[P
                 yield folder, summary
 
 
-def find(cfg: DictConfig, device: str, own: Path) -> Found | None:
-    """The first completed run under cfg.reuse.dirs that trained what cfg would on device;
-    one made by other code only with cfg.reuse.any_version."""
+def find(cfg: DictConfig, device: str, threads: int, own: Path) -> Found | None:
+    """The first completed run under cfg.reuse.dirs that trained what cfg would on device
+    (with these torch threads on the CPU); one made by other code or another thread count
+    only with cfg.reuse.any_version."""
     wanted = identity(to_plain(cfg), device)
     now = provenance.record()
     for folder, summary in completed_runs(list(cfg.reuse.dirs), own):
         config = read_config(RunFolder(folder).config)
         if config is None or identity(config, str(summary.get("device"))) != wanted:
             continue
-        differences = provenance.differences(summary, now)
+        differences = provenance.differences(summary, now) + \
+            thread_difference(summary, device, threads)
         if not differences or cfg.reuse.any_version:
             return Found(folder, summary, differences)
     return None

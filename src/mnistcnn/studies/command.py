@@ -33,6 +33,7 @@ from mnistcnn.base.errors import FAILED_RUNS_EXIT, UserError, exit_with
 from mnistcnn.base.formats import duration, sample_size
 from mnistcnn.base.run_folder import CONFIG, REPORT, SUMMARY
 from mnistcnn.base.signals import stop_signals_to
+from mnistcnn.runs import job_share
 from mnistcnn.runs.preflight import check_overrides, sweep_jobs
 from mnistcnn.studies import book, calibration, publish, questions, study_files
 from mnistcnn.studies.reuse_plan import ReusePlan
@@ -370,7 +371,8 @@ def dry_run(per_study: dict[str, list[str]], out: Path, opts: argparse.Namespace
     that will be reused (reuse_plan.py) take no time."""
     resuming = out.is_dir()
     start = ReusePlan([*([str(out)] if resuming else []), *opts.reuse_from],
-                      opts.reuse_any_version, enabled=not opts.no_reuse)
+                      opts.reuse_any_version, enabled=not opts.no_reuse,
+                      threads=job_share.planned_threads(opts.jobs))
     reusing = start.fork()  # the book's runs in order; a question's extra seeds from start
     plans = [study_files.plan(name, args, out / name if resuming else None, reusing)
              for name, args in per_study.items()]

@@ -29,7 +29,8 @@ def frozen(identity: dict) -> str:
 class ReusePlan:
     """Answers, job by job in the order the book runs them, whether a job will be reused."""
 
-    def __init__(self, dirs: Sequence[str], any_version: bool, enabled: bool = True):
+    def __init__(self, dirs: Sequence[str], any_version: bool, enabled: bool = True,
+                 threads: int = 1):
         self.enabled = enabled
         self.known: set[str] = set()
         self.composed: dict[tuple[str, ...], DictConfig] = {}  # a job's overrides but its seed
@@ -39,9 +40,11 @@ class ReusePlan:
             return
         now = provenance.record()
         for folder, summary in reuse.completed_runs(list(dirs)):
-            config = reuse.read_config(RunFolder(folder).config)
-            if config is not None and (any_version or not provenance.differences(summary, now)):
-                self.known.add(frozen(reuse.identity(config, str(summary.get("device")))))
+            config, device = reuse.read_config(RunFolder(folder).config), str(summary.get("device"))
+            same = not provenance.differences(summary, now) and \
+                not reuse.thread_difference(summary, device, threads)
+            if config is not None and (any_version or same):
+                self.known.add(frozen(reuse.identity(config, device)))
 
     def fork(self) -> ReusePlan:
         """A plan that knows what this one knows now and learns on its own from here."""
