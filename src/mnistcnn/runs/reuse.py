@@ -91,21 +91,29 @@ def completed_runs(dirs: list[str], own: Path | None = None) -> Iterator[tuple[P
                 yield folder, summary
 
 
+def usable_runs(dirs: list[str], threads: int, any_version: bool,
+                own: Path | None = None) -> Iterator[tuple[dict, Found]]:
+    """(identity, the run) of every completed run under dirs that a job may reuse: made by
+    this code (with these torch threads on the CPU), or by any with any_version."""
+    now = provenance.record()
+    for folder, summary in completed_runs(dirs, own):
+        config = read_config(RunFolder(folder).config)
+        if config is None:
+            continue
+        device = str(summary.get("device"))
+        differences = provenance.differences(summary, now) + \
+            thread_difference(summary, device, threads)
+        if not differences or any_version:
+            yield identity(config, device), Found(folder, summary, differences)
+
+
 def find(cfg: DictConfig, device: str, threads: int, own: Path) -> Found | None:
     """The first completed run under cfg.reuse.dirs that trained what cfg would on device
     (with these torch threads on the CPU); one made by other code or another thread count
     only with cfg.reuse.any_version."""
     wanted = identity(to_plain(cfg), device)
-    now = provenance.record()
-    for folder, summary in completed_runs(list(cfg.reuse.dirs), own):
-        config = read_config(RunFolder(folder).config)
-        if config is None or identity(config, str(summary.get("device"))) != wanted:
-            continue
-        differences = provenance.differences(summary, now) + \
-            thread_difference(summary, device, threads)
-        if not differences or cfg.reuse.any_version:
-            return Found(folder, summary, differences)
-    return None
+    return next((found for ident, found in usable_runs(
+        list(cfg.reuse.dirs), threads, cfg.reuse.any_version, own) if ident == wanted), None)
 
 
 def shown_from(source: Path, job: Path) -> str:

@@ -120,7 +120,6 @@ def train_group(cfg: DictConfig, job: RunFolder, group: RunFolder, shared: list[
         device, plan = lifecycle.start(longest, group, summary)
         trackers = open_trackers(longest, group.path)
         data, model = lifecycle.prepare(longest, device, summary)
-        writer.data = data
         lifecycle.train(longest, group, data, model, plan, summary, trackers, writer.on_epoch)
         trackers.finish(summary)
     except BaseException as e:
@@ -177,7 +176,6 @@ class ArmWriter:
                  summary: dict, taken: str):
         self.cfg, self.job, self.group, self.summary, self.taken = cfg, job, group, summary, taken
         self.pending = list(shared)
-        self.data = None
 
     def on_epoch(self, epoch: EpochEnd, training: Training) -> None:
         done = epoch.record["epoch"]
@@ -207,6 +205,6 @@ class ArmWriter:
         run_folder.write_text(folder.metrics, "".join(json.dumps(r) + "\n" for r in records))
         devices = [training.device] if training.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            lifecycle.write_result(cfg, folder, self.data, model, records, stopper,
+            lifecycle.write_result(cfg, folder, training.data, model, records, stopper,
                                    training.loss_fn, summary)
         del model

@@ -14,9 +14,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from mnistcnn.base import provenance
 from mnistcnn.base.config import compose_config, to_plain
-from mnistcnn.base.run_folder import RunFolder
 from mnistcnn.runs import reuse, shared_prefix
 from mnistcnn.training.device import resolve_device
 
@@ -38,13 +36,8 @@ class ReusePlan:
         self.parser = OverridesParser.create()
         if not enabled:
             return
-        now = provenance.record()
-        for folder, summary in reuse.completed_runs(list(dirs)):
-            config, device = reuse.read_config(RunFolder(folder).config), str(summary.get("device"))
-            same = not provenance.differences(summary, now) and \
-                not reuse.thread_difference(summary, device, threads)
-            if config is not None and (any_version or same):
-                self.known.add(frozen(reuse.identity(config, device)))
+        self.known = {frozen(identity) for identity, _ in
+                      reuse.usable_runs(list(dirs), threads, any_version)}
 
     def fork(self) -> ReusePlan:
         """A plan that knows what this one knows now and learns on its own from here."""
